@@ -1,0 +1,31 @@
+# Two commands from a fresh clone (only Python 3.11, pip and make needed):
+#   make demo   set up .venv, then run the workflow on the built-in demo cohort
+#   make test   set up .venv, then run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+
+.PHONY: setup demo test lint report clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
+	$(BIN)/snakemake --cores 1 --profile profiles/default --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,75 @@
+"""The ``immuno`` command line.
+
+Each sub-command is a thin adapter over one library function; errors raised on
+purpose (:class:`~immuno.errors.ImmunoError`) are printed as one line, never as a
+traceback, and give exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import ImmunoError
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .read import inspect_files
+
+    return inspect_files(args.fcs, out=sys.stdout)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_cohort
+
+    simulate_cohort(args.out, seed=args.seed, events=args.events)
+    return 0
+
+
+def _cmd_apply_gates(args: argparse.Namespace) -> int:
+    from .gatingml import apply_gates_to_file
+
+    apply_gates_to_file(args.gates, args.fcs, sample_id=args.sample_id, out=args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="immuno", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="one line per FCS file: version, events, channels, markers")
+    s.add_argument("fcs", nargs="+", help="FCS files")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("simulate", help="write the deterministic ALEVIATE-like demo cohort")
+    s.add_argument("--out", required=True, help="output folder (FCS files, truth, samples.tsv)")
+    s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    s.add_argument("--events", type=int, default=20000, help="events per FCS file (<= 1,000,000)")
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("apply-gates", help="apply a gating file to one FCS file")
+    s.add_argument("--gates", required=True, help="Gating-ML 2.0 (.xml), FlowJo (.wsp) or template")
+    s.add_argument("--fcs", required=True, help="FCS file")
+    s.add_argument("--sample-id", default=None, help="sample id (default: file name stem)")
+    s.add_argument("--out", required=True, help="output folder: counts.tsv, membership.csv.gz")
+    s.set_defaults(func=_cmd_apply_gates)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ImmunoError as exc:
+        print(f"immuno {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
