@@ -50,9 +50,7 @@ class Compensation:
                 f"sources and {len(self.detectors)} detectors",
                 field=self.id,
             )
-        self._unmix = (
-            np.linalg.inv(self.matrix) if n_src == n_det else np.linalg.pinv(self.matrix)
-        )
+        self._unmix = np.linalg.inv(self.matrix) if n_src == n_det else np.linalg.pinv(self.matrix)
 
     @property
     def unmixing(self) -> np.ndarray:
@@ -75,9 +73,15 @@ class Compensation:
         return idx
 
 
-def compensate(events: np.ndarray, channels: list[str], comp: Compensation,
-               *, rows: np.ndarray | None = None, file: str | None = None,
-               dtype=np.float32) -> np.ndarray:
+def compensate(
+    events: np.ndarray,
+    channels: list[str],
+    comp: Compensation,
+    *,
+    rows: np.ndarray | None = None,
+    file: str | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
     """Compensated values of ``comp``'s sources for the chosen events.
 
     Parameters

@@ -164,8 +164,9 @@ class BooleanGate(Gate):
         vals = []
         for ref, complement in self.operands:
             if ref not in masks:
-                raise GatingError(f"boolean gate {self.id!r} refers to unknown population {ref!r}",
-                                  field=self.id)
+                raise GatingError(
+                    f"boolean gate {self.id!r} refers to unknown population {ref!r}", field=self.id
+                )
             vals.append(~masks[ref] if complement else masks[ref])
         if self.op == "and":
             out = np.ones(n, dtype=bool)
@@ -241,8 +242,9 @@ class EventSpace:
                     comp = self.strategy.compensations[comp_id]
                 except KeyError:
                     raise GatingError(f"unknown compensation {comp_id!r}", field=comp_id) from None
-            values = compensate(self.fcs.events, self.fcs.channels, comp, file=self.fcs.path,
-                                dtype=self.dtype)
+            values = compensate(
+                self.fcs.events, self.fcs.channels, comp, file=self.fcs.path, dtype=self.dtype
+            )
             self._comp[comp_id] = (comp, values)
         return self._comp[comp_id]
 
@@ -303,13 +305,15 @@ class GatingResult:
         rows = []
         for pop in self.masks:
             c, pc = self.count(pop), self.parent_count(pop)
-            rows.append({
-                "population": pop,
-                "parent": self.parents[pop] or "root",
-                "count": c,
-                "parent_count": pc,
-                "percent_of_parent": 100.0 * c / pc if pc else float("nan"),
-            })
+            rows.append(
+                {
+                    "population": pop,
+                    "parent": self.parents[pop] or "root",
+                    "count": c,
+                    "parent_count": pc,
+                    "percent_of_parent": 100.0 * c / pc if pc else float("nan"),
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -326,7 +330,7 @@ class GatingStrategy:
             raise GatingFileError(f"population {gate.id!r} is defined twice", field=gate.id)
         if gate.parent is not None and gate.parent not in self.gates:
             raise GatingFileError(
-                f"population {gate.id!r} has parent {gate.parent!r}, which is not defined before it",
+                f"population {gate.id!r} has parent {gate.parent!r}, not defined before it",
                 field=gate.id,
             )
         self.gates[gate.id] = gate

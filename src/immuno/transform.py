@@ -84,7 +84,9 @@ class Asinh(Transform):
         ln10 = math.log(10.0)
         y = np.asarray(y, dtype=np.float64)
         return (
-            np.sinh(y * (self.M + self.A) * ln10 - self.A * ln10) * self.T / math.sinh(self.M * ln10)
+            np.sinh(y * (self.M + self.A) * ln10 - self.A * ln10)
+            * self.T
+            / math.sinh(self.M * ln10)
         )
 
     def spec(self):
@@ -110,8 +112,14 @@ class Logicle(Transform):
     convergence); ``inverse`` is the closed form ``B(y)``.
     """
 
-    def __init__(self, T: float = 262144.0, W: float = 0.5, M: float = 4.5, A: float = 0.0,
-                 id: str = "logicle"):
+    def __init__(
+        self,
+        T: float = 262144.0,
+        W: float = 0.5,
+        M: float = 4.5,
+        A: float = 0.0,
+        id: str = "logicle",
+    ):
         if not (T > 0 and M > 0 and W >= 0 and 2 * W <= M and -W <= A <= M - 2 * W):
             from .errors import ConfigError
 
@@ -206,7 +214,9 @@ def from_spec(spec: dict, id: str | None = None) -> Transform:
     classes = {"logicle": Logicle, "asinh": Asinh, "arcsinh": Asinh, "linear": Linear}
     if kind not in classes:
         raise ConfigError(
-            f"unknown transform type {kind!r}", field="transform", hint=f"use one of {sorted(classes)}"
+            f"unknown transform type {kind!r}",
+            field="transform",
+            hint=f"use one of {sorted(classes)}",
         )
     try:
         t = classes[kind](**{k: float(v) for k, v in spec.items()})
