@@ -1,0 +1,599 @@
+"""Figures of the cohort table: reconstitution over time and paired entry/follow-up panels.
+
+Calling convention: every single-panel function is ``plot(counts, population, *, ...,
+ax=None) -> Axes`` and draws on ``ax`` (or on a new figure when ``ax`` is None);
+multi-panel functions return the ``Figure``. Nothing here saves, shows or closes a
+figure except :func:`save_figure`, which scripts call to write and close.
+
+``counts`` is the cohort table ``results/counts.tsv`` (see
+:func:`immuno.test.patient_table`): QC-failed rows are left out exactly as in the
+statistics, and a patient with two rows for one population and visit is an error.
+Values are in the units of the metric column: ``absolute_count`` in x10^9 cells/L,
+``percent_*`` in percent. Summaries are medians and quartiles (linear interpolation,
+as R's default), as in ALEVIATE Fig. 5.
+
+matplotlib is imported lazily, and figures are built with
+:class:`matplotlib.figure.Figure` rather than ``pyplot``, so no GUI backend or display
+is needed (headless-safe) and the caller's pyplot backend is never changed.
+Artists carry ``gid`` tags (``"median:<group>"``, ``"iqr:<group>"``,
+``"n:<group>:<visit>"``, ``"patient:<id>"``, ``"pvalue"``) so that tests and scripts can
+find them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+from .test import POOLED, patient_table
+from .util import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "GROUP_COLORS",
+    "population_label",
+    "metric_unit",
+    "reconstitution_axes",
+    "paired_axes",
+    "reconstitution_figure",
+    "save_figure",
+]
+
+log = logging.getLogger(__name__)
+
+#: Okabe-Ito colour-blind safe palette; group i (sorted) gets colour i.
+GROUP_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+
+_NAMES = {
+    "singlets": "Singlets",
+    "live": "Live cells",
+    "lymphocytes": "Lymphocytes",
+    "treg": "Treg",
+    "naive_b": "Naive B",
+}
+
+_TITLE_SIZE = 10
+_LABEL_SIZE = 9
+_TICK_SIZE = 8
+_SMALL_SIZE = 7
+_N_ROW_PT = 9.0  # height of one row of n labels under the x axis, points
+_FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def population_label(population: str) -> str:
+    """Display name of a population: ``"cd4"`` -> ``"CD4"``, ``"naive_b"`` -> ``"Naive B"``."""
+    if population in _NAMES:
+        return _NAMES[population]
+    if re.fullmatch(r"cd\d+[a-z]*", population):
+        return population.upper()
+    return population.replace("_", " ").capitalize()
+
+
+def metric_unit(counts: pd.DataFrame, population: str, metric: str) -> str:
+    """Unit (as axis-label text) of ``metric`` for ``population``.
+
+    ``absolute_count`` -> ``"×10⁹/L"``; ``percent_of_parent`` -> ``"% of <parent>"``
+    (the population's ``parent`` in the table); ``percent_of_lymphocytes`` ->
+    ``"% of lymphocytes"``; ``count`` -> ``"events"``.
+    """
+    if metric == "absolute_count":
+        return r"$\times10^{9}$/L"
+    if metric == "percent_of_parent":
+        parents = set()
+        if "parent" in counts.columns:
+            rows = counts[counts["population"].astype(str) == population]
+            parents = set(rows["parent"].dropna().astype(str))
+        return f"% of {population_label(parents.pop())}" if len(parents) == 1 else "% of parent"
+    if metric == "percent_of_lymphocytes":
+        return "% of lymphocytes"
+    if metric == "count":
+        return "events"
+    return metric.replace("_", " ")
+
+
+def _color(index: int) -> str:
+    return GROUP_COLORS[index % len(GROUP_COLORS)]
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    if ax is not None:
+        return ax
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained").add_subplot()
+
+
+def _summaries(values: pd.DataFrame) -> tuple[np.ndarray, ...]:
+    """Per column: (median, lower quartile, upper quartile, n non-NaN)."""
+    med, q1, q3, n = [], [], [], []
+    for column in values.columns:
+        v = values[column].dropna().to_numpy(float)
+        n.append(len(v))
+        if len(v):
+            lo, mid, hi = np.percentile(v, [25, 50, 75])
+        else:
+            lo = mid = hi = np.nan
+        med.append(mid)
+        q1.append(lo)
+        q3.append(hi)
+    return np.array(med), np.array(q1), np.array(q3), np.array(n)
+
+
+def _style(ax: Axes) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.tick_params(labelsize=_TICK_SIZE)
+
+
+def _by_label(by: str) -> str:
+    return by.replace("_", " ").capitalize()
+
+
+def reconstitution_axes(
+    counts: pd.DataFrame,
+    population: str,
+    *,
+    ax: Axes | None = None,
+    by: str = "dose_group",
+    metric: str = "absolute_count",
+    legend: bool = True,
+    title: str | None = None,
+) -> Axes:
+    """Median and interquartile band of ``population`` over visits, one line per group.
+
+    ALEVIATE Fig. 5 style: for each group of ``by`` (sorted), the median at every visit
+    (line with markers) and the lower-upper quartile band; under the x axis, one row per
+    group gives the number of patients with a value at each visit.
+
+    Parameters
+    ----------
+    counts
+        The cohort table (``results/counts.tsv``).
+    population
+        Population to plot, e.g. ``"cd4"``.
+    ax
+        Axes to draw on; a new figure (6 x 4 in) when None.
+    by
+        Grouping column (dose group).
+    metric
+        Value column; ``absolute_count`` is x10^9 cells/L.
+    legend
+        Draw a legend naming the groups.
+    title
+        Axes title; the population's display name when None.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        x is months from entry with every visit of the table as a tick; y in the
+        metric's units, starting at 0 when all values are non-negative.
+    """
+    wide = patient_table(counts, population=population, metric=metric, by=by)
+    visits = [c for c in wide.columns if c != by]
+    groups = sorted(set(wide[by]))
+    ax = _new_axes(ax, (6.0, 4.0))
+    for i, group in enumerate(groups):
+        color = _color(i)
+        med, q1, q3, n = _summaries(wide.loc[wide[by] == group, visits])
+        ax.fill_between(visits, q1, q3, color=color, alpha=0.18, linewidth=0, gid=f"iqr:{group}")
+        ax.plot(
+            visits,
+            med,
+            color=color,
+            linewidth=1.8,
+            marker="o",
+            markersize=4,
+            label=group,
+            gid=f"median:{group}",
+            zorder=3,
+        )
+        offset = -(_TICK_SIZE + 9.0 + _N_ROW_PT * i)
+        ax.annotate(
+            "n",
+            xy=(0, 0),
+            xycoords="axes fraction",
+            xytext=(-6, offset),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=_SMALL_SIZE,
+            color=color,
+            fontstyle="italic",
+            annotation_clip=False,
+        )
+        for visit, count in zip(visits, n, strict=True):
+            ax.annotate(
+                str(int(count)),
+                xy=(visit, 0),
+                xycoords=ax.get_xaxis_transform(),
+                xytext=(0, offset),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=_SMALL_SIZE,
+                color=color,
+                gid=f"n:{group}:{visit:g}",
+                annotation_clip=False,
+            )
+    ax.set_xticks(visits, [f"{v:g}" for v in visits])
+    if visits:
+        span = max(visits) - min(visits) or 1.0
+        ax.set_xlim(min(visits) - 0.04 * span, max(visits) + 0.04 * span)
+    values = wide[visits].to_numpy(float)
+    if np.isfinite(values).any() and np.nanmin(values) >= 0:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel("Months from entry", fontsize=_LABEL_SIZE, labelpad=4.0 + _N_ROW_PT * len(groups))
+    label = population_label(population)
+    ax.set_ylabel(f"{label} ({metric_unit(counts, population, metric)})", fontsize=_LABEL_SIZE)
+    ax.set_title(label if title is None else title, fontsize=_TITLE_SIZE)
+    _style(ax)
+    if legend and groups:
+        ax.legend(
+            title=_by_label(by),
+            fontsize=_SMALL_SIZE + 1,
+            title_fontsize=_SMALL_SIZE + 1,
+            frameon=False,
+        )
+    return ax
+
+
+def _format_p(p: float) -> str:
+    if not np.isfinite(p):
+        return "p = NA"
+    if p < 1e-4:
+        return "p < 0.0001"
+    if p < 0.01:
+        return f"p = {p:.1g}" if p < 0.001 else f"p = {p:.2g}"
+    return f"p = {p:.2f}"
+
+
+def _stats_row(
+    stats: pd.DataFrame, population: str, metric: str, baseline: float, followup: float
+) -> pd.Series | None:
+    needed = [
+        "group",
+        "population",
+        "metric",
+        "baseline_month",
+        "followup_month",
+        "p_value",
+        "n_pairs",
+    ]
+    missing = [c for c in needed if c not in stats.columns]
+    if missing:
+        raise ConfigError(
+            f"the stats table lacks column(s) {', '.join(missing)}",
+            field=missing[0],
+            hint="pass the DataFrame returned by immuno.test.paired_change",
+        )
+    match = stats[
+        (stats["group"].astype(str) == POOLED)
+        & (stats["population"].astype(str) == population)
+        & (stats["metric"].astype(str) == metric)
+        & np.isclose(stats["baseline_month"].astype(float), baseline)
+        & np.isclose(stats["followup_month"].astype(float), followup)
+    ]
+    if match.empty:
+        log.warning(
+            "no pooled %s/%s test for months %g vs %g in stats; p not shown",
+            population,
+            metric,
+            baseline,
+            followup,
+        )
+        return None
+    return match.iloc[0]
+
+
+def _visit_name(month: float) -> str:
+    return "Entry" if month == 0 else f"{month:g} months"
+
+
+def paired_axes(
+    counts: pd.DataFrame,
+    population: str,
+    *,
+    metric: str = "percent_of_parent",
+    baseline: float = 0.0,
+    followup: float = 4.5,
+    by: str = "dose_group",
+    stats: pd.DataFrame | None = None,
+    ax: Axes | None = None,
+    legend: bool = True,
+    title: str | None = None,
+) -> Axes:
+    """Per-patient values at two visits, joined by lines, with box plots.
+
+    Only patients with a value at both visits are drawn (the pairs the Wilcoxon test
+    uses). Each line is one patient, coloured by group; boxes show the median (black
+    bar) and quartiles of all pairs pooled; whiskers reach 1.5 IQR.
+
+    Parameters
+    ----------
+    counts
+        The cohort table (``results/counts.tsv``).
+    population
+        Population to plot, e.g. ``"treg"``.
+    metric
+        Value column, e.g. ``"percent_of_parent"`` (percent).
+    baseline, followup
+        Visit months (months from entry) compared.
+    by
+        Grouping column (dose group).
+    stats
+        Optional output of :func:`immuno.test.paired_change`; the pooled (``group ==
+        "all"``) p-value of this population, metric and visits is shown over a bracket.
+    ax
+        Axes to draw on; a new figure (3.5 x 4 in) when None.
+    legend
+        Draw a legend naming the groups.
+    title
+        Axes title; the population's display name when None.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    wide = patient_table(counts, population=population, metric=metric, by=by)
+    groups = sorted(set(wide[by]))
+    b_key, f_key = round(float(baseline), 6), round(float(followup), 6)
+    for key, month in ((b_key, baseline), (f_key, followup)):
+        if key not in wide.columns:
+            raise ConfigError(
+                f"visit month {month:g} is not in the cohort table",
+                field="visit_month",
+                hint="choose visit months that occur in visit_month",
+            )
+    pairs = wide[[by, b_key, f_key]].dropna()
+    ax = _new_axes(ax, (3.5, 4.0))
+    for i, group in enumerate(groups):
+        sub = pairs[pairs[by] == group]
+        for patient, row in sub.iterrows():
+            ax.plot(
+                [0, 1],
+                [row[b_key], row[f_key]],
+                color=_color(i),
+                alpha=0.6,
+                linewidth=1.0,
+                marker="o",
+                markersize=3.5,
+                zorder=2,
+                gid=f"patient:{patient}",
+                label=group if patient == sub.index[0] else None,
+            )
+    if len(pairs):
+        ax.boxplot(
+            [pairs[b_key].to_numpy(float), pairs[f_key].to_numpy(float)],
+            positions=[0, 1],
+            widths=0.34,
+            showfliers=False,
+            patch_artist=True,
+            boxprops={"facecolor": "0.9", "edgecolor": "0.35", "linewidth": 1.0},
+            whiskerprops={"color": "0.35"},
+            capprops={"color": "0.35"},
+            medianprops={"color": "black", "linewidth": 2.2, "zorder": 4},
+            zorder=1,
+        )
+    ax.set_xticks([0, 1], [_visit_name(baseline), _visit_name(followup)])
+    ax.set_xlim(-0.55, 1.55)
+    label = population_label(population)
+    ax.set_ylabel(f"{label} ({metric_unit(counts, population, metric)})", fontsize=_LABEL_SIZE)
+    ax.set_title(label if title is None else title, fontsize=_TITLE_SIZE)
+    values = pairs[[b_key, f_key]].to_numpy(float)
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        span = (high - low) or abs(high) or 1.0
+        ax.set_ylim(low - 0.06 * span, high + 0.22 * span)
+        if metric.startswith("percent") and high <= 100 < high + 0.22 * span:
+            # Head room for the bracket, but no tick beyond 100 %.
+            ax.set_yticks([t for t in ax.get_yticks() if low - 0.06 * span <= t <= 100])
+        text = f"n = {len(pairs)} pairs"
+        row = None if stats is None else _stats_row(stats, population, metric, baseline, followup)
+        if row is not None:
+            if int(row["n_pairs"]) != len(pairs):
+                log.warning(
+                    "stats n_pairs %d != %d pairs plotted for %s: stats from another table?",
+                    int(row["n_pairs"]),
+                    len(pairs),
+                    population,
+                )
+            text = f"Wilcoxon {_format_p(float(row['p_value']))}, {text}"
+            y = high + 0.07 * span
+            ax.plot(
+                [0, 0, 1, 1],
+                [y - 0.025 * span, y, y, y - 0.025 * span],
+                color="black",
+                linewidth=0.9,
+                gid="bracket",
+            )
+        ax.text(
+            0.5,
+            high + 0.09 * span,
+            text,
+            ha="center",
+            va="bottom",
+            fontsize=_SMALL_SIZE + 1,
+            gid="pvalue" if row is not None else "npairs",
+        )
+    _style(ax)
+    if legend and groups:
+        ax.legend(
+            title=_by_label(by),
+            fontsize=_SMALL_SIZE + 1,
+            title_fontsize=_SMALL_SIZE + 1,
+            frameon=False,
+            loc="upper left",
+        )
+    return ax
+
+
+def reconstitution_figure(
+    counts: pd.DataFrame,
+    *,
+    populations: Sequence[str] = ("cd4", "cd8", "cd19"),
+    subsets: Sequence[tuple[str, str, str]] = (
+        ("treg", "percent_of_parent", "Treg % of CD4"),
+        ("naive_b", "percent_of_parent", "Naive B % of CD19"),
+    ),
+    baseline: float = 0.0,
+    followup: float = 4.5,
+    stats: pd.DataFrame | None = None,
+    by: str = "dose_group",
+) -> Figure:
+    """Fig. 5 of ALEVIATE plus the paired subset panels, as one figure.
+
+    Top row: :func:`reconstitution_axes` of the absolute counts (x10^9 cells/L) of
+    ``populations``. Bottom row: :func:`paired_axes` of each ``(population, metric,
+    title)`` in ``subsets`` at ``baseline`` vs ``followup`` (months from entry), with the
+    pooled Wilcoxon p-value from ``stats`` (:func:`immuno.test.paired_change` output) if
+    given. One shared legend names the groups; panels are lettered a, b, ...
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        About 3.6 in wide per column, 7.6 in high, constrained layout.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    populations = [populations] if isinstance(populations, str) else list(populations)
+    subsets = [tuple(s) for s in subsets]
+    if not populations and not subsets:
+        raise ConfigError(
+            "nothing to plot", field="populations", hint="give at least one population or subset"
+        )
+    ncols = max(len(populations), len(subsets), 1)
+    nrows = int(bool(populations)) + int(bool(subsets))
+    fig = Figure(figsize=(3.6 * ncols, 3.9 * nrows), layout="constrained")
+    grid = fig.add_gridspec(nrows, ncols)
+    axes, row = [], 0
+    if populations:
+        for col, population in enumerate(populations):
+            ax = fig.add_subplot(grid[row, col])
+            reconstitution_axes(
+                counts, population, ax=ax, by=by, metric="absolute_count", legend=False
+            )
+            axes.append(ax)
+        row += 1
+    for col, subset in enumerate(subsets):
+        if len(subset) != 3:
+            raise ConfigError(
+                f"subset {subset!r} is not (population, metric, title)",
+                field="subsets",
+                hint='e.g. ("treg", "percent_of_parent", "Treg % of CD4")',
+            )
+        population, metric, title = subset
+        ax = fig.add_subplot(grid[row, col])
+        paired_axes(
+            counts,
+            population,
+            metric=metric,
+            baseline=baseline,
+            followup=followup,
+            by=by,
+            stats=stats,
+            ax=ax,
+            legend=False,
+            title=title,
+        )
+        axes.append(ax)
+    for letter, ax in zip("abcdefghijklmnopqrstuvwxyz", axes, strict=False):
+        ax.set_title(letter, loc="left", fontsize=_TITLE_SIZE + 1, fontweight="bold")
+
+    groups = sorted(
+        set(
+            patient_table(
+                counts,
+                population=(populations or [subsets[0][0]])[0],
+                metric="absolute_count" if populations else subsets[0][1],
+                by=by,
+            )[by]
+        )
+    )
+    handles = [
+        Line2D([], [], color=_color(i), marker="o", markersize=4, linewidth=1.8, label=g)
+        for i, g in enumerate(groups)
+    ]
+    handles += [
+        Line2D([], [], color="0.3", linewidth=1.8, label="Median"),
+        Patch(facecolor="0.3", alpha=0.18, label="Interquartile range"),
+    ]
+    spare = ncols - len(subsets) if populations and subsets else 0
+    if spare > 0:
+        holder = fig.add_subplot(grid[nrows - 1, ncols - spare :])
+        holder.axis("off")
+        holder.legend(
+            handles=handles,
+            title=_by_label(by),
+            loc="center",
+            frameon=False,
+            fontsize=_LABEL_SIZE,
+            title_fontsize=_LABEL_SIZE,
+        )
+    else:
+        fig.legend(
+            handles=handles,
+            title=_by_label(by),
+            loc="outside upper center",
+            ncols=len(handles),
+            frameon=False,
+            fontsize=_LABEL_SIZE,
+            title_fontsize=_LABEL_SIZE,
+        )
+    return fig
+
+
+def save_figure(fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Write ``fig`` to each path atomically (temp file + ``os.replace``), then close it.
+
+    Parameters
+    ----------
+    fig
+        The figure to write.
+    paths
+        One path or a list; the suffix picks the format (``.png`` at 300 dpi, ``.pdf``,
+        ``.svg``). Parent directories are created.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The paths written.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    targets = [Path(p) for p in paths]
+    for path in targets:
+        if path.suffix.lower().lstrip(".") not in _FIGURE_FORMATS:
+            raise ConfigError(
+                f"cannot write a figure as {path.name!r}",
+                file=str(path),
+                hint=f"use one of the suffixes .{', .'.join(_FIGURE_FORMATS)}",
+            )
+    try:
+        for path in targets:
+            fmt = path.suffix.lower().lstrip(".")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                fig.savefig(
+                    tmp,
+                    format=fmt,
+                    dpi=300 if fmt == "png" else "figure",
+                    bbox_inches="tight",
+                    pad_inches=0.05,
+                )
+    finally:
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(fig)
+    return targets
