@@ -1,38 +1,81 @@
-"""Read FCS 2.0, 3.0 and 3.1 files.
+"""Read FCS 2.0, 3.0, 3.1 and 3.2 files.
 
 Calling convention: ``read_fcs(path) -> FCSData``. ``FCSData.events`` is an
 ``(n_events, n_channels)`` array of *raw channel values* exactly as stored in the
-DATA segment (integers are widened to float32 after masking unused bits, floats
-are returned as stored), in the order of ``$P1N..$PnN``. Nothing is compensated
-or transformed here. ``FCSData.scaled()`` applies the FCS-defined linearisation
+DATA segment, in the order of ``$P1N..$PnN``. Nothing is compensated or
+transformed here. ``FCSData.scaled()`` applies the FCS-defined linearisation
 (``$PnE`` log amplification of integer channels and, optionally, division by the
 ``$PnG`` gain), which is what Gating-ML calls the channel values.
 
-The reader maps the file and builds the event matrix with ``numpy.frombuffer``;
-for little-endian float data on a little-endian machine that is a view with no
-copy. Every size claimed by the file is checked against the file length before
+What is supported
+-----------------
+* ``$DATATYPE`` ``F`` (32-bit float), ``D`` (64-bit float), ``I`` (unsigned
+  integers of any whole number of bytes from 1 to 8 per channel, e.g. the 24-bit
+  integers of Cytek xP5 files, and widths that vary between channels) and ``A``
+  (ASCII, fixed width or ``$PnB = *`` delimited). FCS 3.2 per-channel
+  ``$PnDATATYPE`` is honoured.
+* Little- and big-endian ``$BYTEORD`` (``1,2,3,4`` / ``4,3,2,1`` and their
+  shorter forms). Mixed orders such as ``3,4,1,2`` are refused.
+* Several data sets in one file (``$NEXTDATA``): the first is read unless another
+  is asked for, and a warning says that more exist.
+
+Conventions
+-----------
+* Integer values are masked to the bits that ``$PnR`` needs: the spec says
+  values lie in ``0 .. $PnR - 1`` and unused high bits may hold anything
+  (instruments do use them: see the Navios ``fcs1_cleaned.lmd`` test file, whose
+  16-bit words all read ``0x4210`` and mean ``0x210 = 528`` with ``$PnR = 1024``).
+  A ``$PnR`` that is not a power of two uses the next one; ``$PnR <= 1`` masks
+  nothing (FlowIO would zero the channel; that convention is the only place
+  where the two differ).
+* Integer channels are returned as float32 when every channel needs at most 24
+  bits after masking (exact), else float64; float data keep their precision.
+* TEXT parsing: a doubled delimiter inside a *value* is an escaped delimiter
+  (``GFP//FITC`` is ``GFP/FITC``). A doubled delimiter straight after a
+  *keyword* is an empty value (``$P3S\\\\$P4S\\``): FCS 2.0 writers such as
+  CellQuest write empty values that way, and reading it as an escape would glue
+  two keywords together and lose e.g. ``$P6N``. Keywords are upper-cased; a
+  value is decoded as UTF-8, or Latin-1 where it is not valid UTF-8.
+* DATA offsets: the HEADER and ``$BEGINDATA``/``$ENDDATA`` should agree. When
+  they do not, each candidate is checked (inside the file, not overlapping the
+  HEADER or TEXT, long enough for ``$TOT`` events) and the one that fits is
+  used, TEXT first for FCS 3.x and HEADER first for FCS 2.0 (whose TEXT
+  keywords are optional). A warning records the choice. FlowIO makes the same
+  TEXT-first choice when told to ignore the discrepancy; the FlowKit
+  ``noncompliant/*offset_discrepancy*`` files read that way give ``$TOT`` events
+  identical to the compliant copy of the same data.
+
+Safety: every size claimed by the file is checked against the file length before
 anything is allocated, so a damaged file gives an :class:`~immuno.errors.FCSError`
-naming the file and the field at fault, never a crash or a huge allocation.
+naming the file and the field at fault, never a crash, a hang or a huge
+allocation. Float data are read with a single ``numpy.fromfile``; no path does
+per-event Python work.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
-from .errors import FCSError
+from .errors import FCSError, ImmunoError
 
-__all__ = ["FCSData", "read_fcs", "read_text", "parse_spillover"]
+__all__ = ["FCSData", "read_fcs", "read_text", "parse_spillover", "inspect_files"]
 
 log = logging.getLogger(__name__)
 
 _HEADER_LEN = 58
 _VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")
+_MAX_PAR = 10_000
+_MAX_ASCII_WIDTH = 64  # characters of one ASCII value; longer is not a number
+_SPILL_KEYS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP")
 
 
 @dataclass
@@ -46,14 +89,17 @@ class FCSData:
     version
         ``"FCS2.0"``, ``"FCS3.0"``, ``"FCS3.1"`` or ``"FCS3.2"``.
     text
-        All TEXT keywords, keys upper-cased (``"$TOT"``, ``"$P1N"``, ...).
+        All TEXT (and supplemental TEXT) keywords, keys upper-cased (``"$TOT"``,
+        ``"$P1N"``, ...), values as written (not stripped).
     channels
         ``$PnN`` short names, one per column of ``events``.
     markers
         ``$PnS`` names (the stain/marker), ``""`` where a channel has none.
     events
-        ``(n_events, n_channels)`` raw channel values (float32, or float64 for
-        ``$DATATYPE D``), read-only when it is a view of the file.
+        ``(n_events, n_channels)`` raw channel values: float32 for float data
+        and integers of at most 24 significant bits, float64 for ``$DATATYPE D``,
+        wider integers and ASCII data. Units are those of the instrument
+        (channel numbers for integer data).
     warnings
         Non-fatal oddities found while reading (e.g. header offsets that disagree
         with ``$BEGINDATA``, further data sets ignored).
@@ -69,12 +115,16 @@ class FCSData:
 
     @property
     def n_events(self) -> int:
+        """Number of events (rows of ``events``)."""
         return int(self.events.shape[0])
 
     def channel_index(self, name: str) -> int:
         """Column of the channel whose ``$PnN`` is ``name``.
 
-        Raises :class:`~immuno.errors.FCSError` when it is absent.
+        Raises
+        ------
+        FCSError
+            No channel has that name.
         """
         try:
             return self.channels.index(name)
@@ -89,11 +139,19 @@ class FCSData:
     def spillover(self) -> tuple[list[str], np.ndarray] | None:
         """The acquisition-defined spillover matrix (``$SPILLOVER``/``$SPILL``/``SPILL``).
 
-        Returns ``(detector_names, matrix)`` with ``matrix[i, j]`` the fraction of
-        detector ``i``'s fluorochrome seen in detector ``j`` (rows are sources),
-        or ``None`` when the file has none.
+        Returns
+        -------
+        tuple of (list of str, numpy.ndarray) or None
+            ``(detector_names, matrix)`` with ``matrix[i, j]`` the fraction
+            (dimensionless) of detector ``i``'s fluorochrome seen in detector
+            ``j`` (rows are sources), or ``None`` when the file has none.
+
+        Raises
+        ------
+        FCSError
+            The keyword is present but malformed.
         """
-        for key in ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP"):
+        for key in _SPILL_KEYS:
             value = self.text.get(key)
             if value and value.strip() not in ("", "0"):
                 return parse_spillover(value, file=self.path, field=key)
@@ -102,31 +160,85 @@ class FCSData:
     def scaled(self, *, gain: bool = False) -> np.ndarray:
         """Channel values linearised as the FCS standard defines.
 
-        Integer channels with ``$PnE = f1,f2`` (``f1 > 0``) are decoded from the
-        log-amplified channel number ``x`` as ``f2 * 10**(f1 * x / $PnR)`` (``f2``
-        of 0 counts as 1). With ``gain=True`` linear channels are divided by
-        ``$PnG``. Returns a new float64 array; ``events`` is not modified.
+        Integer channels with ``$PnE = f1,f2`` (``f1 > 0`` decades) are decoded
+        from the log-amplified channel number ``x`` as
+        ``f2 * 10**(f1 * x / $PnR)`` (``f2`` of 0 counts as 1). With
+        ``gain=True`` linear channels are divided by ``$PnG`` (a dimensionless
+        amplifier gain). Float channels are stored linear by definition
+        (FCS 3.1: ``$PnE`` must be ``0,0``); a non-zero ``$PnE`` on a float
+        channel is ignored with a logged warning (the Guava Muse ``*-HLog``
+        channels, for one, hold ``log10`` values with ``$PnE = 4,1``).
+
+        Returns
+        -------
+        numpy.ndarray
+            A new float64 ``(n_events, n_channels)`` array; ``events`` is not
+            modified.
+
+        Raises
+        ------
+        FCSError
+            ``$PnE``, ``$PnR`` or ``$PnG`` of a channel that needs it is malformed.
         """
         out = self.events.astype(np.float64, copy=True)
-        for j in range(len(self.channels)):
+        default_kind = self.text.get("$DATATYPE", "").strip().upper()
+        for j in range(out.shape[1]):
             n = j + 1
+            kind = self.text.get(f"$P{n}DATATYPE", "").strip().upper() or default_kind
             f1, f2 = _pne(self.text.get(f"$P{n}E", "0,0"), self.path, n)
-            if f1 > 0:
+            if f1 > 0 and kind == "I":
                 r = _float_kw(self.text, f"$P{n}R", self.path)
+                if not (math.isfinite(r) and r > 0):
+                    raise FCSError(
+                        f"$P{n}R is {r}, but a log-amplified channel needs a positive range",
+                        file=self.path,
+                        field=f"$P{n}R",
+                    )
                 out[:, j] = (f2 if f2 > 0 else 1.0) * 10.0 ** (f1 * out[:, j] / r)
+            elif f1 > 0:
+                log.warning(
+                    "%s: $P%dE is %r on a %s channel; stored values are used as they are",
+                    self.path,
+                    n,
+                    self.text.get(f"$P{n}E"),
+                    kind or "non-integer",
+                )
             elif gain:
-                g = float(self.text.get(f"$P{n}G", "1") or 1)
+                g = _gain(self.text.get(f"$P{n}G", ""), self.path, n)
                 if g not in (0.0, 1.0):
                     out[:, j] /= g
         return out
 
 
+# ---------------------------------------------------------------------------
+# keyword helpers
+
+
 def parse_spillover(value: str, *, file: str | None = None, field: str = "$SPILLOVER"):
-    """Parse a ``$SPILLOVER`` value: ``n, name1..namen, n*n numbers`` (row-major)."""
+    """Parse a ``$SPILLOVER`` value: ``n, name1..namen, n*n numbers`` (row-major).
+
+    Parameters
+    ----------
+    value
+        The keyword value.
+    file, field
+        Named in the error when the value is malformed.
+
+    Returns
+    -------
+    tuple of (list of str, numpy.ndarray)
+        Detector names and the ``(n, n)`` float64 matrix (dimensionless
+        fractions).
+
+    Raises
+    ------
+    FCSError
+        The value does not have ``1 + n + n*n`` items, or holds a non-number.
+    """
     parts = [p.strip() for p in value.split(",")]
     try:
         n = int(float(parts[0]))
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, OverflowError):
         raise FCSError(
             "spillover keyword does not start with the number of detectors",
             file=file,
@@ -143,7 +255,11 @@ def parse_spillover(value: str, *, file: str | None = None, field: str = "$SPILL
     try:
         matrix = np.array([float(x) for x in parts[1 + n :]], dtype=np.float64).reshape(n, n)
     except ValueError:
-        raise FCSError("spillover keyword has a non-numeric value", file=file, field=field) from None
+        raise FCSError(
+            "spillover keyword has a non-numeric value", file=file, field=field
+        ) from None
+    if not np.all(np.isfinite(matrix)):
+        raise FCSError("spillover keyword has a non-finite value", file=file, field=field)
     return names, matrix
 
 
@@ -154,7 +270,25 @@ def _pne(value: str, path: str, n: int) -> tuple[float, float]:
         raise FCSError(
             f"$P{n}E is {value!r}, not two numbers", file=path, field=f"$P{n}E"
         ) from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise FCSError(f"$P{n}E is {value!r}, not finite", file=path, field=f"$P{n}E")
     return a, b
+
+
+def _gain(value: str, path: str, n: int) -> float:
+    if not value.strip():
+        return 1.0
+    try:
+        g = float(value)
+    except ValueError:
+        raise FCSError(f"$P{n}G is {value!r}, not a number", file=path, field=f"$P{n}G") from None
+    if not math.isfinite(g) or g < 0:
+        raise FCSError(
+            f"$P{n}G is {value!r}; a gain must be a positive number",
+            file=path,
+            field=f"$P{n}G",
+        )
+    return g
 
 
 def _float_kw(text: dict[str, str], key: str, path: str) -> float:
@@ -177,6 +311,21 @@ def _int_kw(text: dict[str, str], key: str, path: str) -> int:
         ) from None
 
 
+def _opt_int(text: dict[str, str], key: str) -> int | None:
+    """An optional whole-number keyword: ``None`` when absent, blank or malformed."""
+    raw = text.get(key, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# HEADER and TEXT
+
+
 def _parse_header(buf, path: str, start: int) -> tuple[str, list[int]]:
     size = len(buf)
     if size - start < _HEADER_LEN:
@@ -192,56 +341,94 @@ def _parse_header(buf, path: str, start: int) -> tuple[str, list[int]]:
             f"not an FCS file: starts with {version!r}",
             file=path,
             field="HEADER",
-            hint="expected FCS2.0, FCS3.0 or FCS3.1",
+            hint="expected FCS2.0, FCS3.0, FCS3.1 or FCS3.2",
         )
     offsets = []
     for i in range(6):
         raw = bytes(buf[start + 10 + 8 * i : start + 18 + 8 * i]).decode("ascii", "replace").strip()
-        try:
-            offsets.append(int(raw) if raw else 0)
-        except ValueError:
+        if not raw:
+            offsets.append(0)
+            continue
+        if not raw.isdigit() or not raw.isascii():
             raise FCSError(
                 f"header offset {i + 1} is {raw!r}, not a number",
                 file=path,
                 field="HEADER",
                 hint="the file header is damaged",
-            ) from None
+            )
+        offsets.append(int(raw))
     return version, offsets
 
 
-def _parse_text(raw: bytes, path: str, field: str = "TEXT") -> dict[str, str]:
-    if len(raw) < 2:
-        raise FCSError("TEXT segment is empty", file=path, field=field)
-    delim = raw[0:1]
+def _split_keywords(raw: bytes) -> list[bytes]:
+    """Split a TEXT segment (first byte = delimiter) into alternating keys and values.
+
+    A run of ``L`` delimiters inside a value stands for ``L // 2`` literal
+    delimiters, and ends the value when ``L`` is odd. Right after a keyword,
+    a single delimiter ends the keyword, and a doubled one ends the keyword and
+    an empty value (FCS 2.0 writers); a run of 3 ends the keyword and starts the
+    value with an escaped delimiter.
+    """
+    d = raw[:1]
     body = raw[1:]
-    # Split on single delimiters; a doubled delimiter is an escaped literal.
     tokens: list[bytes] = []
     cur = bytearray()
-    i = 0
-    n = len(body)
-    d = delim[0]
-    while i < n:
-        c = body[i]
-        if c == d:
-            if i + 1 < n and body[i + 1] == d:
-                # Escaped delimiter inside a value, unless it is an empty value
-                # at the very end (text ending with a doubled delimiter).
-                cur.append(d)
-                i += 2
-                continue
+    pos = 0
+    for m in re.finditer(re.escape(d) + b"+", body):
+        cur += body[pos : m.start()]
+        pos = m.end()
+        run = m.end() - m.start()
+        if len(tokens) % 2 == 0 and cur:  # a keyword has just been read
             tokens.append(bytes(cur))
             cur = bytearray()
-            i += 1
+            if run == 1:
+                continue
+            if run % 2 == 0:
+                tokens.append(b"")  # empty value
+                cur += d * ((run - 2) // 2)
+            else:
+                cur += d * ((run - 1) // 2)
             continue
-        cur.append(c)
-        i += 1
-    if cur.strip(b"\x00 \r\n"):
+        cur += d * (run // 2)
+        if run % 2:
+            tokens.append(bytes(cur))
+            cur = bytearray()
+    cur += body[pos:]
+    if cur.strip(b"\x00 \r\n\t"):
         tokens.append(bytes(cur))
+    return tokens
+
+
+def _parse_text(
+    raw: bytes, path: str, field: str = "TEXT", delim: bytes | None = None
+) -> dict[str, str]:
+    """Keywords of a TEXT segment; ``delim`` given for a supplemental TEXT segment.
+
+    The primary TEXT starts with its delimiter. A supplemental TEXT uses the
+    primary's delimiter and may or may not start with it.
+    """
+    if delim is not None and not raw.startswith(delim):
+        raw = delim + raw
+    if len(raw) < 2:
+        raise FCSError(f"{field} segment is empty", file=path, field=field)
+    if delim is not None:
+        body = raw.replace(delim, b"").rstrip(b"\x00 ")
+        control = sum(body.count(bytes([c])) for c in (*range(9), *range(14, 32)))
+        if control > len(body) // 100:
+            raise FCSError(f"{field} segment is binary, not keywords", file=path, field=field)
+    tokens = _split_keywords(raw)
     text: dict[str, str] = {}
     for k in range(0, len(tokens) - 1, 2):
         key = _decode(tokens[k]).strip().upper()
         if key:
             text[key] = _decode(tokens[k + 1])
+    if not text:
+        raise FCSError(
+            f"{field} segment holds no keyword/value pairs",
+            file=path,
+            field=field,
+            hint="the TEXT offsets in the header are damaged",
+        )
     return text
 
 
@@ -273,11 +460,12 @@ def _map(path: Path):
 
 
 def _segment(buf, start: int, begin: int, end: int, path: str, field: str) -> tuple[int, int]:
-    """Absolute [a, b) of a segment given inclusive offsets relative to ``start``."""
+    """Absolute ``[a, b)`` of a segment given inclusive offsets relative to ``start``."""
     a, b = start + begin, start + end + 1
-    if begin < 0 or end < begin or b > len(buf):
+    if begin < _HEADER_LEN or end < begin or b > len(buf):
+        where = "overlaps the 58-byte HEADER" if 0 <= begin < _HEADER_LEN else "lies outside"
         raise FCSError(
-            f"{field} segment {begin}-{end} lies outside the file ({len(buf) - start} bytes)",
+            f"{field} segment {begin}-{end} {where} the file ({len(buf) - start} bytes)",
             file=path,
             field=field,
             hint="the file is truncated or its offsets are damaged",
@@ -285,46 +473,121 @@ def _segment(buf, start: int, begin: int, end: int, path: str, field: str) -> tu
     return a, b
 
 
-def _read_text_at(buf, path: str, start: int):
+@dataclass
+class _DataSet:
+    """HEADER and TEXT of one data set, offsets relative to ``start`` (bytes)."""
+
+    start: int
+    version: str
+    offsets: list[int]
+    text: dict[str, str]
+
+
+def _read_text_at(buf, path: str, start: int, warnings: list[str] | None = None) -> _DataSet:
     version, off = _parse_header(buf, path, start)
     a, b = _segment(buf, start, off[0], off[1], path, "TEXT")
     text = _parse_text(bytes(buf[a:b]), path)
-    if version != "FCS2.0" and "$BEGINSTEXT" in text:
-        try:
-            sb, se = int(text["$BEGINSTEXT"]), int(text["$ENDSTEXT"])
-        except (KeyError, ValueError):
-            sb = se = 0
-        if se > sb > 0 and start + se < len(buf):
-            sa, sb2 = start + sb, start + se + 1
-            extra = _parse_text(bytes(buf[sa:sb2]), path, "STEXT")
-            for k, v in extra.items():
-                text.setdefault(k, v)
-    return version, off, text
+    if version != "FCS2.0":
+        sb, se = _opt_int(text, "$BEGINSTEXT"), _opt_int(text, "$ENDSTEXT")
+        if sb and se and (sb, se) != (off[0], off[1]):
+            extra: dict[str, str] = {}
+            if _HEADER_LEN <= sb <= se and start + se < len(buf):
+                try:
+                    raw = bytes(buf[start + sb : start + se + 1])
+                    extra = _parse_text(raw, path, "STEXT", bytes(buf[a : a + 1]))
+                except FCSError as exc:
+                    if warnings is not None:
+                        warnings.append(f"supplemental TEXT ignored: {exc.message}")
+                for k, v in extra.items():
+                    text.setdefault(k, v)
+            elif warnings is not None:
+                warnings.append(
+                    f"supplemental TEXT {sb}-{se} lies outside the file; its keywords were ignored"
+                )
+    return _DataSet(start, version, off, text)
 
 
 def read_text(path: str | os.PathLike) -> tuple[str, dict[str, str]]:
-    """Read only the HEADER and TEXT of the first data set: ``(version, keywords)``."""
+    """Read only the HEADER and TEXT of the first data set.
+
+    Returns
+    -------
+    tuple of (str, dict)
+        ``(version, keywords)``, keywords upper-cased as in :attr:`FCSData.text`.
+
+    Raises
+    ------
+    FCSError
+        The file is missing, not FCS, or its TEXT segment cannot be located.
+    """
     path = Path(path)
     with _map(path) as buf:
-        version, _, text = _read_text_at(buf, str(path), 0)
-    return version, text
+        ds = _read_text_at(buf, str(path), 0)
+    return ds.version, ds.text
 
 
-def _data_dtype(text: dict[str, str], npar: int, path: str):
+# ---------------------------------------------------------------------------
+# DATA layout
+
+
+@dataclass
+class _Layout:
+    """How one event is stored: per channel its type and width."""
+
+    kinds: list[str]  # "I", "F", "D" or "A" per channel
+    widths: list[int] | None  # bytes (characters for ASCII) per channel; None: delimited
+    endian: str  # "<" or ">" ("|" when irrelevant)
+    masks: list[int | None]  # integer bit masks from $PnR
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(self.widths) if self.widths else 0
+
+
+def _byte_order(text, path) -> str | None:
+    raw = text.get("$BYTEORD", "").replace(" ", "")
+    try:
+        order = [int(x) for x in raw.split(",")]
+    except ValueError:
+        return None
+    if order == list(range(1, len(order) + 1)):
+        return "<"
+    if order == list(range(len(order), 0, -1)) and len(order) > 1:
+        return ">"
+    raise FCSError(
+        f"$BYTEORD {raw!r} is not a supported byte order",
+        file=path,
+        field="$BYTEORD",
+        hint="only little-endian (1,2,3,4) and big-endian (4,3,2,1) are supported",
+    )
+
+
+def _range_mask(raw: str | None, width_bytes: int) -> int | None:
+    """The bit mask ``$PnR`` implies for an integer of ``width_bytes`` bytes, or None."""
+    if raw is None:
+        return None
+    try:
+        rng = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(rng) or rng <= 1 or rng > 2.0**64:
+        return None
+    bits = (math.ceil(rng) - 1).bit_length()  # next power of two >= $PnR
+    if bits >= 8 * width_bytes:
+        return None
+    return (1 << bits) - 1
+
+
+def _layout(text: dict[str, str], npar: int, path: str) -> _Layout:
     datatype = text.get("$DATATYPE", "").strip().upper()
-    byteord = text.get("$BYTEORD", "").replace(" ", "")
-    if byteord in ("1,2,3,4", "1,2", "1"):
-        endian = "<"
-    elif byteord in ("4,3,2,1", "2,1"):
-        endian = ">"
-    else:
+    if datatype not in ("I", "F", "D", "A"):
         raise FCSError(
-            f"$BYTEORD {byteord!r} is not a supported byte order",
+            f"$DATATYPE {datatype!r} is not supported",
             file=path,
-            field="$BYTEORD",
-            hint="only little-endian (1,2,3,4) and big-endian (4,3,2,1) are supported",
+            field="$DATATYPE",
+            hint="FCS data types are I, F, D and A",
         )
-    mode = text.get("$MODE", "L").strip().upper()
+    mode = text.get("$MODE", "L").strip().upper() or "L"
     if mode != "L":
         raise FCSError(
             f"$MODE {mode} (histogram data) is not supported",
@@ -332,64 +595,332 @@ def _data_dtype(text: dict[str, str], npar: int, path: str):
             field="$MODE",
             hint="only list-mode data can be gated",
         )
-    bits = []
+    kinds: list[str] = []
+    widths: list[int] = []
+    delimited = False
     for n in range(1, npar + 1):
-        raw = text.get(f"$P{n}B", "").strip()
-        if datatype == "A" and raw == "*":
+        kind = text.get(f"$P{n}DATATYPE", "").strip().upper() or datatype
+        if datatype == "A":
+            kind = "A"
+        elif kind not in ("I", "F", "D"):
             raise FCSError(
-                "delimited ASCII data ($PnB = *) is not supported",
+                f"$P{n}DATATYPE {kind!r} is not supported",
+                file=path,
+                field=f"$P{n}DATATYPE",
+                hint="per-channel data types are I, F and D",
+            )
+        raw = text.get(f"$P{n}B", "").strip()
+        if kind == "A" and raw == "*":
+            delimited = True
+            kinds.append(kind)
+            continue
+        try:
+            bits = int(raw)
+        except ValueError:
+            raise FCSError(
+                f"$P{n}B is {raw!r}, not a bit width", file=path, field=f"$P{n}B"
+            ) from None
+        if kind == "A":
+            if not 1 <= bits <= _MAX_ASCII_WIDTH:
+                raise FCSError(
+                    f"$P{n}B is {bits}: an ASCII value is 1 to {_MAX_ASCII_WIDTH} characters",
+                    file=path,
+                    field=f"$P{n}B",
+                )
+            widths.append(bits)
+        elif kind in ("F", "D") and bits != (32 if kind == "F" else 64):
+            raise FCSError(
+                f"$P{n}B is {bits}: {'float' if kind == 'F' else 'double'} data must have "
+                f"{32 if kind == 'F' else 64} bits",
                 file=path,
                 field=f"$P{n}B",
             )
-        try:
-            bits.append(int(raw))
-        except ValueError:
-            raise FCSError(f"$P{n}B is {raw!r}, not a bit width", file=path, field=f"$P{n}B") from None
-    if datatype == "F":
-        if any(b != 32 for b in bits):
-            raise FCSError("float data must have $PnB = 32", file=path, field="$PnB")
-        return np.dtype(endian + "f4"), bits, datatype
-    if datatype == "D":
-        if any(b != 64 for b in bits):
-            raise FCSError("double data must have $PnB = 64", file=path, field="$PnB")
-        return np.dtype(endian + "f8"), bits, datatype
-    if datatype == "I":
-        if any(b not in (8, 16, 32, 64) for b in bits):
+        elif kind == "I" and (bits % 8 or not 8 <= bits <= 64):
             raise FCSError(
-                f"integer widths {sorted(set(bits))} are not whole bytes",
+                f"$P{n}B is {bits}: integer widths must be whole bytes (8 to 64 bits)",
                 file=path,
-                field="$PnB",
-                hint="only 8, 16, 32 and 64-bit integers are supported",
+                field=f"$P{n}B",
+                hint="bit-packed integer data are not supported",
             )
-        if len(set(bits)) == 1:
-            return np.dtype(f"{endian}u{bits[0] // 8}"), bits, datatype
-        fields = [(f"p{j}", f"{endian}u{b // 8}") for j, b in enumerate(bits)]
-        return np.dtype(fields), bits, datatype
+        else:
+            widths.append(bits // 8)
+        kinds.append(kind)
+    if delimited and widths:
+        raise FCSError(
+            "ASCII data mix delimited ($PnB = *) and fixed-width channels",
+            file=path,
+            field="$PnB",
+        )
     if datatype == "A":
-        return np.dtype(f"S{bits[0]}") if len(set(bits)) == 1 else None, bits, datatype
+        return _Layout(kinds, None if delimited else widths, "|", [None] * npar)
+    endian = _byte_order(text, path)
+    if endian is None:
+        if any(w > 1 for w in widths):
+            raise FCSError(
+                f"$BYTEORD {text.get('$BYTEORD', '')!r} is not a byte order",
+                file=path,
+                field="$BYTEORD",
+                hint="expected 1,2,3,4 (little-endian) or 4,3,2,1 (big-endian)",
+            )
+        endian = "<"
+    masks = [
+        _range_mask(text.get(f"$P{n}R"), w) if k == "I" else None
+        for n, (k, w) in enumerate(zip(kinds, widths, strict=True), start=1)
+    ]
+    return _Layout(kinds, widths, endian, masks)
+
+
+# ---------------------------------------------------------------------------
+# DATA location
+
+
+def _data_segment(
+    ds: _DataSet, size: int, need: int | None, tot: int | None, path: str, warnings: list[str]
+) -> tuple[int, int]:
+    """Choose the DATA offsets ``(begin, end)`` (inclusive, relative to the data set).
+
+    ``size`` is the number of bytes from the data set's start to the end of the
+    file, ``need`` the bytes ``$TOT`` events take (None when unknown).
+    """
+    off, text = ds.offsets, ds.text
+    if tot == 0:
+        return 0, -1
+    cands: list[tuple[str, tuple[int, int]]] = []
+    kb, ke = _opt_int(text, "$BEGINDATA"), _opt_int(text, "$ENDDATA")
+    if kb is not None and ke is not None and (kb or ke):
+        cands.append(("$BEGINDATA/$ENDDATA", (kb, ke)))
+    if off[2] or off[3]:
+        cands.append(("HEADER", (off[2], off[3])))
+    if ds.version == "FCS2.0":
+        cands.reverse()
+    if not cands:
+        raise FCSError(
+            "DATA segment offset is missing (HEADER and $BEGINDATA/$ENDDATA are empty)",
+            file=path,
+            field="$BEGINDATA",
+            hint="the file has no event data (header-only export?)",
+        )
+    text_span = (off[0], off[1])
+
+    def overlaps_text(begin: int, end: int) -> bool:
+        return begin <= text_span[1] and end >= text_span[0]
+
+    def problem(begin: int, end: int) -> str | None:
+        """Why a candidate cannot be the DATA segment, or None when it can."""
+        if begin < _HEADER_LEN or end < begin - 1:
+            return f"{begin}-{end} is not a valid segment after the 58-byte HEADER"
+        used_end = begin + need - 1 if need is not None else end
+        if overlaps_text(begin, used_end):
+            return f"{begin}-{end} overlaps the TEXT segment {text_span[0]}-{text_span[1]}"
+        if begin >= size:
+            return f"{begin}-{end} starts after the end of the file ({size} bytes)"
+        if need is not None and end - begin + 1 < need:
+            return f"{begin}-{end} holds {end - begin + 1} bytes, fewer than {need}"
+        if used_end >= size:
+            return f"{begin}-{end} runs past the end of the file ({size} bytes)"
+        return None
+
+    def flaw(begin: int, end: int) -> str | None:
+        """What is odd about a usable candidate (it ranks after one without flaws)."""
+        if end >= size:
+            return f"{begin}-{end} ends past the end of the file ({size} bytes)"
+        if need is not None and end - begin + 1 not in (need, need + 1):
+            return f"{begin}-{end} is {end - begin + 1} bytes, $TOT events take {need}"
+        return None
+
+    judged = [(name, seg, problem(*seg)) for name, seg in cands]
+    good = [
+        (flaw(*seg) is not None, i, name, seg)
+        for i, (name, seg, p) in enumerate(judged)
+        if p is None
+    ]
+    if good:
+        flawed, _, name, (begin, end) = min(good)
+        if len({seg for _, seg, _ in judged}) > 1:
+            rejected = "; ".join(f"{n} {p or flaw(*seg)}" for n, seg, p in judged if n != name)
+            warnings.append(
+                f"HEADER and $BEGINDATA/$ENDDATA disagree on the DATA offsets; used {name} "
+                f"{begin}-{end} ({rejected})"
+            )
+        if flawed:
+            warnings.append(
+                f"DATA segment {flaw(begin, end)}; $TOT events were read from byte {begin}"
+            )
+        return begin, end
+
+    # Nothing fits: explain with the preferred candidate.
+    name, (begin, end), _ = judged[0]
+    if begin >= _HEADER_LEN and begin >= size:
+        raise FCSError(
+            f"file has no DATA segment: TEXT declares {tot} events at bytes {begin}-{end}, "
+            f"but the file ends at byte {size - 1} (header only)",
+            file=path,
+            field="DATA",
+            hint="a header-only export (e.g. Cytek Aurora sample_header): export the events too",
+        )
+    if (
+        need is not None
+        and begin >= _HEADER_LEN
+        and begin + need > size
+        and not overlaps_text(begin, begin + need - 1)
+    ):
+        raise FCSError(
+            f"$TOT={tot} events need {need} bytes of DATA, but the file ends "
+            f"{size - begin} bytes after DATA starts (truncated)",
+            file=path,
+            field="$TOT",
+            hint="the file is truncated (interrupted transfer?) or $TOT is wrong",
+        )
     raise FCSError(
-        f"$DATATYPE {datatype!r} is not supported",
+        f"DATA offsets are unusable: {'; '.join(f'{n} {p}' for n, _, p in judged)}",
         file=path,
-        field="$DATATYPE",
-        hint="FCS data types are I, F, D and A",
+        field="DATA",
+        hint="the file is damaged or $TOT/$PnB disagree with the DATA segment",
     )
 
 
-def _data_offsets(text, off, path, warnings):
-    begin, end = off[2], off[3]
-    kb, ke = text.get("$BEGINDATA"), text.get("$ENDDATA")
+# ---------------------------------------------------------------------------
+# DATA decoding
+
+
+def _assemble_uint(b: np.ndarray, endian: str) -> np.ndarray:
+    """Unsigned integers from bytes: ``b[..., w]`` uint8 -> ``[...]`` (w = 1..8)."""
+    w = b.shape[-1]
+    if w in (1, 2, 4, 8):
+        return np.ascontiguousarray(b).view(np.dtype(f"{endian}u{w}"))[..., 0]
+    wide = 4 if w < 4 else 8
+    pad = np.zeros(b.shape[:-1] + (wide,), dtype=np.uint8)
+    if endian == "<":
+        pad[..., :w] = b
+    else:
+        pad[..., wide - w :] = b
+    return pad.view(np.dtype(f"{endian}u{wide}"))[..., 0]
+
+
+def _int_out_dtype(layout: _Layout) -> np.dtype:
+    bits = 0
+    for kind, w, m in zip(layout.kinds, layout.widths or [], layout.masks, strict=True):
+        if kind == "I":
+            bits = max(bits, m.bit_length() if m is not None else 8 * w)
+        elif kind == "D":
+            bits = 64
+    return np.dtype(np.float32 if bits <= 24 else np.float64)
+
+
+def _mask_cols(arr: np.ndarray, layout: _Layout, out: np.ndarray | None = None) -> np.ndarray:
+    if out is None:
+        out = np.empty(arr.shape, dtype=_int_out_dtype(layout))
+    for j, m in enumerate(layout.masks):
+        col = arr[:, j]
+        out[:, j] = col if m is None else col & np.array(m, dtype=col.dtype)
+    return out
+
+
+def _decode_binary(fpath: Path, a: int, tot: int, layout: _Layout) -> np.ndarray:
+    kinds, widths, endian = layout.kinds, layout.widths or [], layout.endian
+    npar = len(kinds)
+    uniform = len(set(zip(kinds, widths, strict=True))) == 1
+    kind, w = kinds[0], widths[0]
+    with open(fpath, "rb") as f:
+        if uniform and (kind in ("F", "D") or w in (1, 2, 4, 8)):
+            # One read straight from the file into the array: the floor for I/O.
+            code = {"F": "f4", "D": "f8"}.get(kind, f"u{w}")
+            dt = np.dtype(endian + code)
+            arr = np.fromfile(f, dtype=dt, count=tot * npar, offset=a).reshape(tot, npar)
+            if kind == "I":
+                return _mask_cols(arr, layout)
+            if not dt.isnative:
+                return arr.astype(dt.newbyteorder("="))
+            return arr
+        raw = np.fromfile(f, dtype=np.uint8, count=tot * layout.row_bytes, offset=a)
+    raw = raw.reshape(tot, layout.row_bytes)
+    if uniform:  # integers of 3, 5, 6 or 7 bytes, e.g. 24-bit Cytek xP5 data
+        return _mask_cols(_assemble_uint(raw.reshape(tot, npar, w), endian), layout)
+    out = np.empty((tot, npar), dtype=_int_out_dtype(layout))
+    o = 0
+    for j, (kind, w) in enumerate(zip(kinds, widths, strict=True)):
+        b = raw[:, o : o + w]
+        o += w
+        if kind == "I":
+            col = _assemble_uint(b[:, None, :], endian)[:, 0]
+            m = layout.masks[j]
+            out[:, j] = col if m is None else col & np.array(m, dtype=col.dtype)
+        else:
+            dt = np.dtype(endian + ("f4" if kind == "F" else "f8"))
+            out[:, j] = np.ascontiguousarray(b).view(dt)[:, 0]
+    return out
+
+
+def _decode_ascii(buf, a: int, end: int, tot: int | None, layout: _Layout, path: str):
+    npar = len(layout.kinds)
     try:
-        tb = int(kb.strip()) if kb and kb.strip() else None
-        te = int(ke.strip()) if ke and ke.strip() else None
+        if layout.widths is None:
+            tokens = bytes(buf[a:end]).replace(b",", b" ").split()
+            if tot is None:
+                tot = len(tokens) // npar
+            if len(tokens) < tot * npar:
+                raise FCSError(
+                    f"delimited ASCII DATA holds {len(tokens)} values, fewer than "
+                    f"$TOT x $PAR = {tot * npar}",
+                    file=path,
+                    field="DATA",
+                )
+            tokens = tokens[: tot * npar]
+            if tokens and max(map(len, tokens)) > _MAX_ASCII_WIDTH:
+                raise FCSError(
+                    "ASCII DATA holds a value that is not a number", file=path, field="DATA"
+                )
+            return np.array(tokens, dtype=np.bytes_).astype(np.float64).reshape(tot, npar)
+        # A copy, not a view of the map: a view would keep the map open on errors.
+        nbytes = tot * layout.row_bytes
+        raw = np.frombuffer(bytes(buf[a : a + nbytes]), dtype=np.uint8).reshape(tot, -1)
+        out = np.empty((tot, npar), dtype=np.float64)
+        o = 0
+        for j, w in enumerate(layout.widths):
+            out[:, j] = (
+                np.ascontiguousarray(raw[:, o : o + w]).view(f"S{w}")[:, 0].astype(np.float64)
+            )
+            o += w
+        return out
     except ValueError:
-        tb = te = None
-    if (begin == 0 and end == 0) and tb is not None and te is not None:
-        begin, end = tb, te
-    elif tb is not None and te is not None and (tb, te) != (begin, end) and (tb or te):
-        warnings.append(
-            f"header DATA offsets {begin}-{end} disagree with $BEGINDATA/$ENDDATA {tb}-{te}"
+        raise FCSError(
+            "ASCII DATA holds a value that is not a number", file=path, field="DATA"
+        ) from None
+
+
+def _read_data(buf, path: str, ds: _DataSet, warnings: list[str], fpath: Path) -> np.ndarray:
+    text = ds.text
+    npar = _int_kw(text, "$PAR", path)
+    if not 1 <= npar <= _MAX_PAR:
+        raise FCSError(
+            f"$PAR is {npar}", file=path, field="$PAR", hint=f"expected 1 to {_MAX_PAR} channels"
         )
-    return begin, end, tb, te
+    layout = _layout(text, npar, path)
+    if "$TOT" in text or ds.version != "FCS2.0":
+        tot: int | None = _int_kw(text, "$TOT", path)
+        if tot < 0:
+            raise FCSError(f"$TOT is {tot}", file=path, field="$TOT")
+    else:
+        tot = None  # optional in FCS 2.0: derived from the DATA segment below
+    row = layout.row_bytes if layout.widths is not None else None
+    need = tot * row if (tot is not None and row) else None
+    size = len(buf) - ds.start
+    begin, end = _data_segment(ds, size, need, tot, path, warnings)
+    if tot is None:
+        if row:
+            tot = max(end - begin + 1, 0) // row
+            need = tot * row
+        warnings.append("$TOT is missing; the event count was taken from the DATA segment size")
+    a = ds.start + begin
+    if layout.kinds[0] == "A":
+        return _decode_ascii(buf, a, ds.start + end + 1, tot, layout, path)
+    if tot == 0:
+        return np.empty((0, npar), dtype=_int_out_dtype(layout))
+    return _decode_binary(fpath, a, tot, layout)
+
+
+# ---------------------------------------------------------------------------
+# public entry points
 
 
 def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSData:
@@ -411,16 +942,24 @@ def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSData:
     Raises
     ------
     FCSError
-        The file is missing, not FCS, truncated, or uses an unsupported layout.
+        The file is missing, not FCS, truncated, inconsistent, or uses an
+        unsupported layout; the message names the file, the field and the cause.
+    ValueError
+        ``dataset`` is negative.
     """
+    if dataset < 0:
+        raise ValueError(f"dataset must be >= 0, not {dataset}")
     path = Path(path)
     spath = str(path)
     warnings: list[str] = []
     with _map(path) as buf:
         start = 0
         for k in range(dataset + 1):
-            version, off, text = _read_text_at(buf, spath, start)
-            nxt = int(text.get("$NEXTDATA", "0").strip() or 0)
+            ds = _read_text_at(buf, spath, start, warnings)
+            nxt = _opt_int(ds.text, "$NEXTDATA") or 0
+            if nxt < 0 or (nxt > 0 and start + nxt + _HEADER_LEN > len(buf)):
+                warnings.append(f"$NEXTDATA {nxt} points outside the file; ignored")
+                nxt = 0
             if k < dataset:
                 if nxt <= 0:
                     raise FCSError(
@@ -431,83 +970,68 @@ def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSData:
                 start += nxt
         if nxt > 0:
             warnings.append(f"file holds more than one data set; data set {dataset} was read")
-        events = _read_data(buf, spath, start, off, text, warnings, path)
+        events = _read_data(buf, spath, ds, warnings, path)
+    text = ds.text
     npar = events.shape[1]
-    channels = [text.get(f"$P{n}N", f"P{n}").strip() for n in range(1, npar + 1)]
+    channels = []
+    for n in range(1, npar + 1):
+        name = text.get(f"$P{n}N", "").strip()
+        if not name:
+            name = f"P{n}"
+            warnings.append(f"$P{n}N is missing; channel {n} is called {name!r}")
+        channels.append(name)
     markers = [text.get(f"$P{n}S", "").strip() for n in range(1, npar + 1)]
+    dupes = sorted({c for c in channels if channels.count(c) > 1})
+    if dupes:
+        warnings.append(f"duplicate $PnN channel names: {', '.join(dupes)}")
     for w in warnings:
         log.warning("%s: %s", spath, w)
-    return FCSData(spath, version, text, channels, markers, events, warnings)
+    return FCSData(spath, ds.version, text, channels, markers, events, warnings)
 
 
-def _read_data(buf, path, start, off, text, warnings, fpath: Path) -> np.ndarray:
-    npar = _int_kw(text, "$PAR", path)
-    tot = _int_kw(text, "$TOT", path)
-    if npar <= 0 or npar > 10_000:
-        raise FCSError(f"$PAR is {npar}", file=path, field="$PAR", hint="expected 1 to 10000")
-    if tot < 0:
-        raise FCSError(f"$TOT is {tot}", file=path, field="$TOT")
-    dtype, bits, datatype = _data_dtype(text, npar, path)
-    begin, end, tb, te = _data_offsets(text, off, path, warnings)
-    row_bytes = sum(bits) // 8
-    need = tot * row_bytes
-    avail_end = len(buf) - start
-    if begin <= 0 and tot > 0:
-        raise FCSError(
-            "DATA segment offset is missing",
-            file=path,
-            field="$BEGINDATA",
-            hint="the file has no event data (header-only export?)",
-        )
-    declared = end - begin + 1
-    if begin + need > avail_end:
-        raise FCSError(
-            f"$TOT={tot} events x {row_bytes} bytes need {need} bytes of DATA, "
-            f"but the file ends {avail_end - begin} bytes after DATA starts",
-            file=path,
-            field="$TOT",
-            hint="the file is truncated (interrupted transfer?) or $TOT is wrong",
-        )
-    if declared != need and abs(declared - need) > row_bytes:
-        warnings.append(f"DATA segment is {declared} bytes but $TOT x row size is {need}")
-    a = start + begin
-    if datatype == "A":
-        if dtype is None:
-            raise FCSError("ASCII data with varying widths is not supported", file=path, field="$PnB")
-        raw = np.frombuffer(buf, dtype=dtype, count=tot * npar, offset=a)
+def inspect_files(paths: list[str], out: TextIO) -> int:
+    """Print one tab-separated line per FCS file; the ``immuno inspect`` command.
+
+    Each line is ``path, version, events=N, channels=K, $PnN[=$PnS]; ...,
+    spillover=yes|no|invalid, warnings=...`` for a file that reads (a malformed
+    spillover keyword is reported, not fatal: the events are readable), or
+    ``ERROR <ErrorClass>: <message>`` for one that does not.
+
+    Parameters
+    ----------
+    paths
+        FCS files.
+    out
+        Where the lines go (e.g. ``sys.stdout``).
+
+    Returns
+    -------
+    int
+        Exit status: 1 if any file failed, else 0.
+    """
+    status = 0
+    for p in paths:
         try:
-            return raw.astype(np.float64).astype(np.float32).reshape(tot, npar)
-        except ValueError:
-            raise FCSError("ASCII DATA holds a non-number", file=path, field="DATA") from None
-    if dtype.names is None:
-        # One read straight from the file into the array: the floor for I/O.
-        with open(fpath, "rb") as f:
-            arr = np.fromfile(f, dtype=dtype, count=tot * npar, offset=a).reshape(tot, npar)
-        if datatype in ("F", "D"):
-            if dtype.byteorder not in ("=", "|"):  # numpy marks the native order "="
-                return arr.astype(dtype.newbyteorder("="))
-            return arr
-        return _mask_ints(arr, text, path, npar)
-    rec = np.frombuffer(buf, dtype=dtype, count=tot, offset=a)
-    cols = np.empty((tot, npar), dtype=np.float64)
-    for j, name in enumerate(dtype.names):
-        cols[:, j] = rec[name]
-    return _mask_ints(cols, text, path, npar)
-
-
-def _mask_ints(arr: np.ndarray, text, path, npar) -> np.ndarray:
-    out = np.empty(arr.shape, dtype=np.float32 if arr.dtype.itemsize <= 2 else np.float64)
-    for j in range(npar):
-        n = j + 1
-        col = arr[:, j]
-        r = text.get(f"$P{n}R", "").strip()
+            d = read_fcs(p)
+        except ImmunoError as exc:
+            msg = str(exc)
+            if exc.file is None:
+                msg = f"file {p}: {msg}"
+            out.write(f"ERROR {type(exc).__name__}: {msg}\n")
+            status = 1
+            continue
+        notes = list(d.warnings)
         try:
-            rng = int(float(r)) if r else 0
-        except ValueError:
-            rng = 0
-        if rng > 0 and np.issubdtype(col.dtype, np.integer):
-            bitsneeded = int(np.ceil(np.log2(rng))) if rng > 1 else 1
-            if bitsneeded < col.dtype.itemsize * 8:
-                col = col & np.array((1 << bitsneeded) - 1, dtype=col.dtype)
-        out[:, j] = col
-    return out
+            spill = "yes" if d.spillover() is not None else "no"
+        except FCSError as exc:  # the events are fine; compensation would not be
+            spill = "invalid"
+            notes.append(f"{exc.field}: {exc.message}")
+        pairs = "; ".join(
+            f"{c}={m}" if m else c for c, m in zip(d.channels, d.markers, strict=True)
+        )
+        warn = " | ".join(notes) if notes else "none"
+        out.write(
+            f"{p}\t{d.version}\tevents={d.n_events}\tchannels={len(d.channels)}\t{pairs}\t"
+            f"spillover={spill}\twarnings={warn}\n"
+        )
+    return status
