@@ -1,0 +1,314 @@
+"""A cohort: the sample sheet, the input checks, and gating every sample.
+
+These functions are what the workflow's rules call (each ``workflow/scripts``
+file is a thin adapter over one of them):
+
+* :func:`load_sample_sheet` reads and validates the sheet (one clear
+  :class:`~immuno.errors.SampleSheetError` per problem: missing columns,
+  duplicate ids, unknown panels, non-numeric visits, missing files);
+* :func:`check_inputs` reads only the HEADER and TEXT of every FCS file and
+  checks it against its panel before any gating;
+* :func:`gate_cohort` gates every sample that passed, panel by panel, and writes
+  the per-sample Gating-ML, the gating counts, the fitted parameters and the
+  list of failed samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ImmunoError, SampleSheetError
+from .util import write_tsv
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "load_sample_sheet",
+    "load_templates",
+    "check_inputs",
+    "gate_cohort",
+]
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ["sample_id", "patient_id", "dose_group", "visit_month", "panel", "fcs_path"]
+FAILED_COLUMNS = [
+    "sample_id",
+    "patient_id",
+    "panel",
+    "fcs_path",
+    "stage",
+    "error",
+    "field",
+    "message",
+    "hint",
+]
+
+
+def load_sample_sheet(
+    path: str | Path, panels: list[str] | None = None, *, check_files: bool = True
+) -> pd.DataFrame:
+    """Read a sample sheet (TSV) and validate it.
+
+    ``fcs_path`` is resolved relative to the sheet's folder unless absolute; the
+    resolved path replaces it. ``visit_month`` becomes float, ``lymphocyte_count``
+    (optional, x10^9/L) float with empty as NaN.
+
+    Raises
+    ------
+    SampleSheetError
+        With the sheet, the row's sample id and the column at fault.
+    """
+    path = Path(path)
+    src = str(path)
+    if not path.exists():
+        raise SampleSheetError(
+            "sample sheet does not exist",
+            file=src,
+            hint="set 'samples:' in the config to your sheet (TSV)",
+        )
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SampleSheetError(f"cannot parse as TSV: {exc}", file=src) from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise SampleSheetError(
+            f"missing column(s): {', '.join(missing)}",
+            file=src,
+            field=missing[0],
+            hint=f"required: {', '.join(REQUIRED_COLUMNS)} (tab-separated)",
+        )
+    for c in df.columns:
+        df[c] = df[c].str.strip()
+    for c in REQUIRED_COLUMNS:
+        empty = df.index[df[c] == ""]
+        if len(empty):
+            row = df.loc[empty[0]]
+            raise SampleSheetError(
+                f"empty {c} on line {empty[0] + 2}",
+                file=src,
+                sample=row["sample_id"] or None,
+                field=c,
+            )
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise SampleSheetError(
+            f"sample_id {dup.iloc[0]!r} appears more than once",
+            file=src,
+            sample=dup.iloc[0],
+            field="sample_id",
+            hint="every FCS file needs its own sample_id",
+        )
+    visits = pd.to_numeric(df["visit_month"], errors="coerce")
+    bad = df.index[visits.isna()]
+    if len(bad):
+        row = df.loc[bad[0]]
+        raise SampleSheetError(
+            f"visit_month {row['visit_month']!r} is not a number",
+            file=src,
+            sample=row["sample_id"],
+            field="visit_month",
+            hint="months from entry, e.g. 0, 1.5, 4.5",
+        )
+    df["visit_month"] = visits.astype(float)
+    if "lymphocyte_count" in df.columns:
+        lc = pd.to_numeric(df["lymphocyte_count"].replace("", np.nan), errors="coerce")
+        bad = df.index[lc.isna() & (df["lymphocyte_count"] != "")]
+        if len(bad):
+            row = df.loc[bad[0]]
+            raise SampleSheetError(
+                f"lymphocyte_count {row['lymphocyte_count']!r} is not a number",
+                file=src,
+                sample=row["sample_id"],
+                field="lymphocyte_count",
+                hint="x10^9 cells/L from the full blood count, or leave it empty",
+            )
+        if (lc < 0).any():
+            row = df.loc[df.index[lc < 0][0]]
+            raise SampleSheetError(
+                "lymphocyte_count is negative",
+                file=src,
+                sample=row["sample_id"],
+                field="lymphocyte_count",
+            )
+        df["lymphocyte_count"] = lc
+    if panels is not None:
+        unknown = df.index[~df["panel"].isin(panels)]
+        if len(unknown):
+            row = df.loc[unknown[0]]
+            raise SampleSheetError(
+                f"panel {row['panel']!r} is not configured",
+                file=src,
+                sample=row["sample_id"],
+                field="panel",
+                hint=f"configured panels: {', '.join(panels)}",
+            )
+    base = path.parent
+    df["fcs_path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["fcs_path"]]
+    if check_files:
+        for _, row in df.iterrows():
+            if not Path(row["fcs_path"]).is_file():
+                raise SampleSheetError(
+                    "FCS file does not exist",
+                    file=row["fcs_path"],
+                    sample=row["sample_id"],
+                    field="fcs_path",
+                    hint=f"paths are relative to the sheet's folder {base}",
+                )
+    return df
+
+
+def _failed_row(row, stage: str, err: dict) -> dict:
+    return {
+        "sample_id": row["sample_id"],
+        "patient_id": row["patient_id"],
+        "panel": row["panel"],
+        "fcs_path": row["fcs_path"],
+        "stage": stage,
+        "error": err.get("error", ""),
+        "field": err.get("field", ""),
+        "message": err.get("message", ""),
+        "hint": err.get("hint", ""),
+    }
+
+
+def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
+    """Check every FCS file against its panel before gating (HEADER + TEXT only).
+
+    Returns one row per sample: ``sample_id, status ("ok"/"error"), version,
+    events, error, field, message, hint``. Nothing is raised for a bad file:
+    it is reported, and the other samples go on.
+    """
+    from .read import read_text
+
+    class _Text:  # the attributes Panel.resolve needs
+        def __init__(self, path, text):
+            n = int(text.get("$PAR", "0") or 0)
+            self.path = path
+            self.channels = [text.get(f"$P{i}N", f"P{i}").strip() for i in range(1, n + 1)]
+            self.markers = [text.get(f"$P{i}S", "").strip() for i in range(1, n + 1)]
+
+    rows = []
+    for _, s in sheet.iterrows():
+        rec = {
+            "sample_id": s["sample_id"],
+            "status": "ok",
+            "version": "",
+            "events": np.nan,
+            "error": "",
+            "field": "",
+            "message": "",
+            "hint": "",
+        }
+        try:
+            version, text = read_text(s["fcs_path"])
+            rec["version"] = version
+            rec["events"] = int(text.get("$TOT", "0").strip() or 0)
+            templates[s["panel"]].panel.resolve(_Text(s["fcs_path"], text), sample=s["sample_id"])
+        except ImmunoError as exc:
+            if exc.sample is None:
+                exc.sample = s["sample_id"]
+            rec.update(
+                status="error",
+                **{
+                    k: v
+                    for k, v in exc.as_record().items()
+                    if k in ("error", "field", "message", "hint")
+                },
+            )
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def gate_cohort(
+    sheet: pd.DataFrame,
+    templates: dict,
+    checks: pd.DataFrame,
+    *,
+    counts_path: str | Path,
+    params_path: str | Path,
+    failed_path: str | Path,
+    gates_dir: str | Path,
+    workers: int = 1,
+) -> None:
+    """Gate every sample that passed :func:`check_inputs`, panel by panel.
+
+    Writes ``counts_path`` (per sample and population: ``sample_id, population,
+    parent, count, parent_count, percent_of_parent, qc_flag``), ``params_path``
+    (every fitted threshold or centre, for the cohort QC view), ``failed_path``
+    (samples that failed the input check or gating, with the reason) and
+    ``gates_dir/<sample_id>.xml`` (the realised gates, Gating-ML 2.0). Every
+    table is written atomically.
+    """
+    from .autogate import SampleInput, gate_samples, realised_params
+
+    gates_dir = Path(gates_dir)
+    gates_dir.mkdir(parents=True, exist_ok=True)
+    status = dict(zip(checks["sample_id"], checks["status"], strict=True))
+    failed = []
+    for _, row in sheet.iterrows():
+        if status.get(row["sample_id"]) != "ok":
+            rec = checks.loc[checks["sample_id"] == row["sample_id"]].iloc[0].to_dict()
+            failed.append(_failed_row(row, "input_check", rec))
+    tables, params = [], []
+    for panel, template in templates.items():
+        sub = sheet[(sheet["panel"] == panel) & sheet["sample_id"].map(status).eq("ok")]
+        if sub.empty:
+            continue
+        inputs = [
+            SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
+            for r in sub.itertuples()
+        ]
+        log.info("gating %d samples of panel %s with %d workers", len(inputs), panel, workers)
+        results = gate_samples(inputs, template, workers=workers)
+        by_id = {r.sample_id: r for r in sub.to_dict("records")}
+        for res in results:
+            if res.error is not None:
+                failed.append(_failed_row(by_id[res.sample_id], "gating", res.error))
+                continue
+            t = res.table.copy()
+            t.insert(0, "sample_id", res.sample_id)
+            tables.append(t)
+            _export_gates(res, gates_dir / f"{res.sample_id}.xml")
+        params.append(realised_params([r for r in results if r.error is None], template))
+    cols = [
+        "sample_id",
+        "population",
+        "parent",
+        "count",
+        "parent_count",
+        "percent_of_parent",
+        "qc_flag",
+    ]
+    counts = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
+    write_tsv(counts, counts_path)
+    write_tsv(pd.concat(params, ignore_index=True) if params else pd.DataFrame(), params_path)
+    write_tsv(pd.DataFrame(failed, columns=FAILED_COLUMNS), failed_path)
+
+
+def _export_gates(res, path: Path) -> None:
+    """Write the realised gates of one sample as Gating-ML 2.0 (atomically)."""
+    from .util import atomic_path
+
+    try:
+        from .gatingml import write_gatingml
+    except ImportError:  # the exporter is optional until it lands
+        import json
+
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({p: f.params for p, f in res.fits.items()}, indent=1))
+        return
+    with atomic_path(path) as tmp:
+        write_gatingml(res.strategy, tmp)
+
+
+def load_templates(panels: dict[str, str]) -> dict:
+    """Load the gating template of every panel: ``{panel: Template}``."""
+    from .autogate import load_template
+
+    return {name: load_template(path) for name, path in panels.items()}
