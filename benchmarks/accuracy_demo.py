@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-POPS = {"T": ["singlets", "live", "lymphocytes", "cd3", "cd4", "cd8", "treg"],
-        "B": ["singlets", "live", "lymphocytes", "cd3", "cd19", "naive_b"]}
+POPS = {
+    "T": ["singlets", "live", "lymphocytes", "cd3", "cd4", "cd8", "treg"],
+    "B": ["singlets", "live", "lymphocytes", "cd3", "cd19", "naive_b"],
+}
 
 
 def evaluate(cohort: Path, workers: int) -> pd.DataFrame:
@@ -34,13 +36,17 @@ def evaluate(cohort: Path, workers: int) -> pd.DataFrame:
     from immuno.simulate import truth_masks
 
     sheet = load_sample_sheet(cohort / "samples.tsv", ["T", "B"])
-    templates = {"T": load_template(ROOT / "gates/t_cell.yaml"),
-                 "B": load_template(ROOT / "gates/b_cell.yaml")}
+    templates = {
+        "T": load_template(ROOT / "gates/t_cell.yaml"),
+        "B": load_template(ROOT / "gates/b_cell.yaml"),
+    }
     rows = []
     for panel, template in templates.items():
         sub = sheet[sheet["panel"] == panel]
-        inputs = [SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
-                  for r in sub.itertuples()]
+        inputs = [
+            SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
+            for r in sub.itertuples()
+        ]
         results = gate_samples(inputs, template, workers=workers)
         for res, inp in zip(results, inputs, strict=True):
             if res.error:
@@ -58,17 +64,35 @@ def evaluate(cohort: Path, workers: int) -> pd.DataFrame:
                 ppar = masks[parent] if parent in masks else None
                 tpct = 100 * t.sum() / tpar.sum() if tpar is not None and tpar.sum() else np.nan
                 ppct = 100 * p.sum() / ppar.sum() if ppar is not None and ppar.sum() else np.nan
-                rows.append({"sample_id": res.sample_id, "panel": panel,
-                             "visit_month": inp.visit_month, "population": pop,
-                             "true_count": int(t.sum()), "count": int(p.sum()), "f1": f1,
-                             "true_pct": tpct, "pct": ppct, "abs_err": abs(ppct - tpct),
-                             "qc_flag": res.flag(pop)})
+                rows.append(
+                    {
+                        "sample_id": res.sample_id,
+                        "panel": panel,
+                        "visit_month": inp.visit_month,
+                        "population": pop,
+                        "true_count": int(t.sum()),
+                        "count": int(p.sum()),
+                        "f1": f1,
+                        "true_pct": tpct,
+                        "pct": ppct,
+                        "abs_err": abs(ppct - tpct),
+                        "qc_flag": res.flag(pop),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-_TRUTH_PARENT = {"singlets": "root", "live": "singlets", "lymphocytes": "live",
-                 "cd3": "lymphocytes", "cd4": "cd3", "cd8": "cd3", "treg": "cd4",
-                 "cd19": "lymphocytes", "naive_b": "cd19"}
+_TRUTH_PARENT = {
+    "singlets": "root",
+    "live": "singlets",
+    "lymphocytes": "live",
+    "cd3": "lymphocytes",
+    "cd4": "cd3",
+    "cd8": "cd3",
+    "treg": "cd4",
+    "cd19": "lymphocytes",
+    "naive_b": "cd19",
+}
 
 
 def _truth_parent(pop: str) -> str:
@@ -78,16 +102,19 @@ def _truth_parent(pop: str) -> str:
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     def agg(g):
         limit = 1.5 if g.name == "treg" else 1.0
-        return pd.Series({
-            "samples": len(g),
-            "median_f1": g["f1"].median(),
-            "p10_f1": g["f1"].quantile(0.1),
-            "median_abs_err": g["abs_err"].median(),
-            "p90_abs_err": g["abs_err"].quantile(0.9),
-            f"share_within_limit": (g["abs_err"] <= limit).mean(),
-            "share_within_2pp": (g["abs_err"] <= 2).mean(),
-            "flagged": (g["qc_flag"] != "").sum(),
-        })
+        return pd.Series(
+            {
+                "samples": len(g),
+                "median_f1": g["f1"].median(),
+                "p10_f1": g["f1"].quantile(0.1),
+                "median_abs_err": g["abs_err"].median(),
+                "p90_abs_err": g["abs_err"].quantile(0.9),
+                "share_within_limit": (g["abs_err"] <= limit).mean(),
+                "share_within_2pp": (g["abs_err"] <= 2).mean(),
+                "flagged": (g["qc_flag"] != "").sum(),
+            }
+        )
+
     return df.groupby("population", sort=False).apply(agg, include_groups=False)
 
 
@@ -111,10 +138,17 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 200)
     print(summarise(df).round(4).to_string())
     print("\nmedian F1 by visit:")
-    print(df.pivot_table(index="population", columns="visit_month", values="f1",
-                         aggfunc="median", sort=False).round(3).to_string())
-    print(f"\n{df['sample_id'].nunique()} samples gated and scored in {elapsed:.1f} s; "
-          f"per-sample rows in {args.out}")
+    print(
+        df.pivot_table(
+            index="population", columns="visit_month", values="f1", aggfunc="median", sort=False
+        )
+        .round(3)
+        .to_string()
+    )
+    print(
+        f"\n{df['sample_id'].nunique()} samples gated and scored in {elapsed:.1f} s; "
+        f"per-sample rows in {args.out}"
+    )
     return 0
 
 

@@ -266,7 +266,7 @@ def gate_cohort(
         ]
         log.info("gating %d samples of panel %s with %d workers", len(inputs), panel, workers)
         results = gate_samples(inputs, template, workers=workers)
-        by_id = {r.sample_id: r for r in sub.to_dict("records")}
+        by_id = {r["sample_id"]: r for r in sub.to_dict("records")}
         for res in results:
             if res.error is not None:
                 failed.append(_failed_row(by_id[res.sample_id], "gating", res.error))

@@ -1,0 +1,63 @@
+# Helpers shared by all rules: config and sample-sheet validation, and get_<thing> functions.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _load_samples():
+    """Read and validate the sample sheet; create the demo cohort if it is what is asked for."""
+    from immuno.cohort import load_sample_sheet
+    from immuno.errors import ImmunoError
+
+    sheet = Path(config["samples"])
+    demo = config.get("demo", {})
+    demo_sheet = Path(demo.get("out", "data/demo")) / "samples.tsv"
+    if not sheet.exists() and sheet.resolve() == demo_sheet.resolve():
+        from immuno.simulate import simulate_cohort
+
+        logger.info(f"Creating the demo cohort in {demo_sheet.parent} (once).")
+        simulate_cohort(
+            demo_sheet.parent,
+            seed=demo.get("seed", 1),
+            events=demo.get("events", 20000),
+        )
+    try:
+        df = load_sample_sheet(sheet, list(config["panels"]))
+    except ImmunoError as exc:
+        raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
+    validate(df, "../schemas/samples.schema.yaml")
+    return df
+
+
+samples = _load_samples()
+
+
+wildcard_constraints:
+    sample=r"[^/]+",
+
+
+def get_sample_sheet():
+    return config["samples"]
+
+
+def get_templates():
+    return list(config["panels"].values())
+
+
+def get_fcs_files():
+    return sorted(samples["fcs_path"])
+
+
+def get_final_outputs():
+    return [
+        "results/counts.tsv",
+        "results/failed_samples.tsv",
+        "results/stats/paired_by_group.tsv",
+        "results/stats/paired_pooled.tsv",
+        "results/stats/between_groups.tsv",
+        "results/figures/reconstitution.png",
+        "results/figures/reconstitution.pdf",
+    ]

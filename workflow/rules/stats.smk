@@ -1,0 +1,27 @@
+rule test_changes:
+    input:
+        "results/counts.tsv",
+    output:
+        by_group=report(
+            "results/stats/paired_by_group.tsv",
+            caption="../report/stats.rst",
+            category="Statistics",
+        ),
+        pooled=report(
+            "results/stats/paired_pooled.tsv",
+            caption="../report/stats.rst",
+            category="Statistics",
+        ),
+        between=report(
+            "results/stats/between_groups.tsv",
+            caption="../report/stats.rst",
+            category="Statistics",
+        ),
+    log:
+        "logs/test_changes.log",
+    conda:
+        "../../envs/immuno.yaml"
+    params:
+        statistics=config.get("statistics", {}),
+    script:
+        "../scripts/test_changes.py"

@@ -1,0 +1,23 @@
+"""Fig. 5 style reconstitution figure (PNG and PDF)."""
+
+import logging
+
+import pandas as pd
+
+from immuno.plot import reconstitution_figure, save_figure
+
+logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
+fig_cfg, stats_cfg = snakemake.params.figure, snakemake.params.statistics
+counts = pd.read_csv(snakemake.input.counts, sep="\t", keep_default_na=False, na_values=[""])
+counts["qc_flag"] = counts["qc_flag"].fillna("")
+pooled = pd.read_csv(snakemake.input.pooled, sep="\t")
+fig = reconstitution_figure(
+    counts,
+    populations=fig_cfg["absolute"],
+    subsets=[(s["population"], s["metric"], s["label"]) for s in fig_cfg["subsets"]],
+    baseline=stats_cfg["baseline_month"],
+    followup=stats_cfg["followup_month"],
+    stats=pooled,
+    by=stats_cfg["group_column"],
+)
+save_figure(fig, [snakemake.output.png, snakemake.output.pdf])
