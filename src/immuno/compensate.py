@@ -3,8 +3,13 @@
 A spillover matrix ``S`` (rows: fluorochromes/sources, columns: detectors, each
 row's own detector = 1) maps true intensities to observed detector values,
 ``observed = true @ S``. Compensation inverts it: ``true = observed @ inv(S)``
-(or the pseudo-inverse for a non-square spectrum matrix). Values stay in the
+(or the pseudo-inverse, i.e. ordinary least squares unmixing, for a non-square
+spectrum matrix with more detectors than sources). Values stay in the
 instrument's linear channel units. Only the detectors named by the matrix change.
+
+A matrix may also be given already inverted (Gating-ML's
+``matrix-inverted-already``): then it *is* the ``(n_detectors, n_sources)``
+unmixing matrix and is used as it is.
 """
 
 from __future__ import annotations
@@ -32,25 +37,53 @@ class Compensation:
         Names of the rows (defaults to the detectors for a square matrix).
     id
         Identifier used by gates' dimensions (``"FCS"`` for the file's own matrix).
+    inverted
+        ``True`` when ``matrix`` is already the ``(n_detectors, n_sources)``
+        unmixing matrix (Gating-ML ``matrix-inverted-already``) rather than a
+        ``(n_sources, n_detectors)`` spillover/spectrum matrix.
     """
 
     detectors: list[str]
     matrix: np.ndarray
     fluorochromes: list[str] | None = None
     id: str = "FCS"
+    inverted: bool = False
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
+        self.detectors = list(self.detectors)
         if self.fluorochromes is None:
             self.fluorochromes = list(self.detectors)
-        n_src, n_det = self.matrix.shape
+        self.fluorochromes = list(self.fluorochromes)
+        if self.matrix.ndim != 2:
+            raise PanelError(
+                f"compensation matrix must be 2-D, got shape {self.matrix.shape}", field=self.id
+            )
+        if self.inverted:
+            n_det, n_src = self.matrix.shape
+        else:
+            n_src, n_det = self.matrix.shape
         if n_det != len(self.detectors) or n_src != len(self.fluorochromes):
             raise PanelError(
-                f"compensation matrix is {n_src}x{n_det} but names {len(self.fluorochromes)} "
-                f"sources and {len(self.detectors)} detectors",
+                f"compensation matrix is {self.matrix.shape[0]}x{self.matrix.shape[1]} but names "
+                f"{len(self.fluorochromes)} sources and {len(self.detectors)} detectors",
                 field=self.id,
             )
-        self._unmix = np.linalg.inv(self.matrix) if n_src == n_det else np.linalg.pinv(self.matrix)
+        if not np.all(np.isfinite(self.matrix)):
+            raise PanelError("compensation matrix holds a non-finite value", field=self.id)
+        if self.inverted:
+            self._unmix = self.matrix
+        elif n_src == n_det:
+            try:
+                self._unmix = np.linalg.inv(self.matrix)
+            except np.linalg.LinAlgError:
+                raise PanelError(
+                    "spillover matrix is singular and cannot be inverted",
+                    field=self.id,
+                    hint="check the matrix: a row or column may be duplicated or all zero",
+                ) from None
+        else:
+            self._unmix = np.linalg.pinv(self.matrix)
 
     @property
     def unmixing(self) -> np.ndarray:
