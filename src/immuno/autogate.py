@@ -532,20 +532,23 @@ class TimeGate(Method):
         if best[0] == 0:
             raise FitFailure("no stable stretch of acquisition")
         _, i0, i1 = best
+        # An end of the acquisition that needs no cut stays open (None), so the gate
+        # keeps every event there whatever the time units of the reader.
         self.params_ = {
-            "min": float(edges[i0]) if i0 > 0 else lo - 1.0,
-            "max": float(edges[i1 + 1]) if i1 < nb - 1 else hi + 1.0,
+            "min": float(edges[i0]) if i0 > 0 else None,
+            "max": float(edges[i1 + 1]) if i1 < nb - 1 else None,
             "bad_bins": int((~good).sum()),
         }
         return self
 
     def realise(self, params, dims):
-        return RectangleGate(
-            self.spec.name, _parent(self.spec), dims, (params["min"],), (params["max"],)
-        )
+        lo, hi = params["min"], params["max"]
+        if lo is None and hi is None:
+            lo = -math.inf  # Gating-ML needs one bound per dimension; this one keeps all
+        return RectangleGate(self.spec.name, _parent(self.spec), dims, (lo,), (hi,))
 
     def thresholds(self, params):
-        return {"min": params["min"], "max": params["max"]}
+        return {k: params[k] for k in ("min", "max") if params.get(k) is not None}
 
 
 class StaticShape(Method):

@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from bisect import bisect_right
 from pathlib import Path
@@ -65,6 +64,7 @@ from .gate import (
     RectangleGate,
 )
 from .transform import Asinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
+from .util import atomic_path
 
 __all__ = [
     "GATING_NS",
@@ -780,18 +780,8 @@ def write_gatingml(strategy: GatingStrategy, path: str | os.PathLike) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _membership_lines(block: np.ndarray) -> bytes:
@@ -826,28 +816,20 @@ def write_gating_result(result: GatingResult, out: str | os.PathLike, sample_id:
     head = io.StringIO()
     csv.writer(head, lineterminator="\n").writerow(pops)
     target = out / "membership.csv.gz"
-    fd, tmp = tempfile.mkstemp(prefix=".membership.", suffix=".tmp", dir=out)
-    try:
-        with (
-            os.fdopen(fd, "wb") as raw,
-            gzip.GzipFile(
-                filename="membership.csv", mode="wb", fileobj=raw, compresslevel=6, mtime=0
-            ) as gz,
-        ):
-            gz.write(head.getvalue().encode("utf-8"))
-            if pops:
-                step = 262144
-                for a in range(0, result.n_events, step):
-                    b = min(a + step, result.n_events)
-                    block = np.column_stack([result.masks[p][a:b] for p in pops])
-                    gz.write(_membership_lines(block))
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with (
+        atomic_path(target) as tmp,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(
+            filename="membership.csv", mode="wb", fileobj=raw, compresslevel=6, mtime=0
+        ) as gz,
+    ):
+        gz.write(head.getvalue().encode("utf-8"))
+        if pops:
+            step = 262144
+            for a in range(0, result.n_events, step):
+                b = min(a + step, result.n_events)
+                block = np.column_stack([result.masks[p][a:b] for p in pops])
+                gz.write(_membership_lines(block))
 
 
 def _flowjo_sample(gates: Path, fcs_path: Path, sample_id: str | None) -> str | None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+from .util import atomic_path
 from .write import write_fcs
 
 __all__ = [
@@ -905,25 +905,15 @@ def _clock(seconds: int) -> str:
 
 
 def _save_truth(path: Path, labels, names, artifact) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz")
-    try:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
-            tmp, label=labels, names=np.array(names, dtype="U"), time_artifact=artifact
+            f, label=labels, names=np.array(names, dtype="U"), time_artifact=artifact
         )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_text(path: Path, content: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(content, encoding="utf-8", newline="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FCSError
+from .util import atomic_path
 
 __all__ = ["write_fcs", "format_spillover"]
 
@@ -366,20 +366,9 @@ def _atomic_write(path: Path, chunks) -> None:
             file=str(path),
             hint=f"create {folder} first",
         )
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        # os.open applies the umask, so the final file gets ordinary permissions.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                if isinstance(chunk, np.ndarray):
-                    chunk.tofile(f)  # the whole event matrix in one write
-                else:
-                    f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            if isinstance(chunk, np.ndarray):
+                chunk.tofile(f)  # the whole event matrix in one write
+            else:
+                f.write(chunk)
