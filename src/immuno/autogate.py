@@ -829,6 +829,8 @@ def _median_params(items: Sequence[dict]) -> dict | None:
     if not items:
         return None
     keys = set.intersection(*(set(i) for i in items))
+    # Only numeric params are pooled (an open end of a range is None).
+    keys = {k for k in keys if all(isinstance(i[k], int | float) for i in items)}
     return {k: float(np.median([float(i[k]) for i in items])) for k in sorted(keys)}
 
 
