@@ -41,3 +41,24 @@ def shared_fcs(shared_data):
         return cache[relpath]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_cohort(tmp_path_factory) -> Path:
+    """A small simulated demo cohort (2,000 events per file): its folder.
+
+    Holds ``samples.tsv``, ``fcs/``, ``truth/`` and ``truth.tsv`` (see
+    :func:`immuno.simulate.simulate_cohort`). Read-only for tests: copy files
+    before changing them.
+    """
+    from immuno.simulate import simulate_cohort
+
+    out = tmp_path_factory.mktemp("demo_cohort")
+    simulate_cohort(out, seed=11, events=2000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def templates_dir() -> Path:
+    """The shipped gating templates, ``gates/`` of the repository."""
+    return Path(__file__).resolve().parents[1] / "gates"

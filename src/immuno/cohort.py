@@ -4,10 +4,11 @@ These functions are what the workflow's rules call (each ``workflow/scripts``
 file is a thin adapter over one of them):
 
 * :func:`load_sample_sheet` reads and validates the sheet (one clear
-  :class:`~immuno.errors.SampleSheetError` per problem: missing columns,
-  duplicate ids, unknown panels, non-numeric visits, missing files);
-* :func:`check_inputs` reads only the HEADER and TEXT of every FCS file and
-  checks it against its panel before any gating;
+  :class:`~immuno.errors.SampleSheetError` per structural problem: missing
+  columns, empty cells, duplicate ids, unknown panels, non-numeric visits);
+* :func:`check_inputs` checks that every FCS file exists and reads only its
+  HEADER and TEXT against its panel before any gating; a missing or bad file
+  is reported for its sample, and the other samples go on;
 * :func:`gate_cohort` gates every sample that passed, panel by panel, and writes
   the per-sample Gating-ML, the gating counts, the fitted parameters and the
   list of failed samples.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ImmunoError, SampleSheetError
+from .errors import ConfigError, FCSError, ImmunoError, SampleSheetError
 from .util import write_tsv
 
 __all__ = [
@@ -57,6 +58,12 @@ def load_sample_sheet(
     resolved path replaces it. ``visit_month`` becomes float, ``lymphocyte_count``
     (optional, x10^9/L) float with empty as NaN.
 
+    A missing FCS file is a problem of one sample, not of the sheet: with
+    ``check_files`` it is logged as a warning and :func:`check_inputs` reports
+    it in that sample's row, so the other samples are still gated. Only when
+    *none* of the sheet's files exist (paths relative to the wrong folder) is
+    it an error of the sheet.
+
     Raises
     ------
     SampleSheetError
@@ -71,10 +78,23 @@ def load_sample_sheet(
             hint="set 'samples:' in the config to your sheet (TSV)",
         )
     try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SampleSheetError(f"cannot parse as TSV: {exc}", file=src) from None
-    df.columns = [c.strip() for c in df.columns]
+        # utf-8-sig: a byte-order mark (spreadsheet export) is not part of the first
+        # column's name; index_col=False: a tab at the end of every row is no index.
+        df = pd.read_csv(
+            path,
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+            comment=None,
+            encoding="utf-8-sig",
+            index_col=False,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SampleSheetError(
+            f"cannot parse as TSV: {exc}", file=src, hint="a tab-separated table with a header"
+        ) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.fillna("")  # cells missing at the end of a short row
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise SampleSheetError(
@@ -82,6 +102,10 @@ def load_sample_sheet(
             file=src,
             field=missing[0],
             hint=f"required: {', '.join(REQUIRED_COLUMNS)} (tab-separated)",
+        )
+    if df.empty:
+        raise SampleSheetError(
+            "sample sheet lists no samples", file=src, hint="one row per FCS file below the header"
         )
     for c in df.columns:
         df[c] = df[c].str.strip()
@@ -104,12 +128,22 @@ def load_sample_sheet(
             field="sample_id",
             hint="every FCS file needs its own sample_id",
         )
+    unsafe = df.index[df["sample_id"].str.contains(r"[/\\]") | df["sample_id"].isin([".", ".."])]
+    if len(unsafe):
+        sid = df.loc[unsafe[0], "sample_id"]
+        raise SampleSheetError(
+            f"sample_id {sid!r} cannot name a file",
+            file=src,
+            sample=sid,
+            field="sample_id",
+            hint="sample ids name output files (results/gates/<sample_id>.xml): no '/' or '\\'",
+        )
     visits = pd.to_numeric(df["visit_month"], errors="coerce")
-    bad = df.index[visits.isna()]
+    bad = df.index[~np.isfinite(visits)]
     if len(bad):
         row = df.loc[bad[0]]
         raise SampleSheetError(
-            f"visit_month {row['visit_month']!r} is not a number",
+            f"visit_month {row['visit_month']!r} is not a finite number",
             file=src,
             sample=row["sample_id"],
             field="visit_month",
@@ -118,11 +152,11 @@ def load_sample_sheet(
     df["visit_month"] = visits.astype(float)
     if "lymphocyte_count" in df.columns:
         lc = pd.to_numeric(df["lymphocyte_count"].replace("", np.nan), errors="coerce")
-        bad = df.index[lc.isna() & (df["lymphocyte_count"] != "")]
+        bad = df.index[(lc.isna() & (df["lymphocyte_count"] != "")) | np.isinf(lc)]
         if len(bad):
             row = df.loc[bad[0]]
             raise SampleSheetError(
-                f"lymphocyte_count {row['lymphocyte_count']!r} is not a number",
+                f"lymphocyte_count {row['lymphocyte_count']!r} is not a finite number",
                 file=src,
                 sample=row["sample_id"],
                 field="lymphocyte_count",
@@ -151,15 +185,22 @@ def load_sample_sheet(
     base = path.parent
     df["fcs_path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["fcs_path"]]
     if check_files:
-        for _, row in df.iterrows():
-            if not Path(row["fcs_path"]).is_file():
-                raise SampleSheetError(
-                    "FCS file does not exist",
-                    file=row["fcs_path"],
-                    sample=row["sample_id"],
-                    field="fcs_path",
-                    hint=f"paths are relative to the sheet's folder {base}",
-                )
+        missing = df.index[[not Path(p).is_file() for p in df["fcs_path"]]]
+        if len(missing) == len(df):
+            row = df.loc[missing[0]]
+            raise SampleSheetError(
+                f"none of the {len(df)} FCS files exist (first: {row['fcs_path']})",
+                file=src,
+                sample=row["sample_id"],
+                field="fcs_path",
+                hint=f"relative paths are resolved against the sheet's folder {base}",
+            )
+        for i in missing:
+            log.warning(
+                "sample %s: FCS file %s does not exist; it will be reported as failed",
+                df.loc[i, "sample_id"],
+                df.loc[i, "fcs_path"],
+            )
     return df
 
 
@@ -177,21 +218,37 @@ def _failed_row(row, stage: str, err: dict) -> dict:
     }
 
 
+def _count_keyword(text: dict, key: str, path: str) -> int:
+    raw = (text.get(key) or "0").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise FCSError(f"{key} is {raw!r}, not a count", file=path, field=key)
+    return value
+
+
+class _Text:
+    """The attributes :meth:`Panel.resolve` needs, from HEADER and TEXT only."""
+
+    def __init__(self, path: str, text: dict):
+        n = _count_keyword(text, "$PAR", path)
+        self.path = path
+        # as read_fcs names them: a channel without $PnN is "Pn"
+        self.channels = [(text.get(f"$P{i}N") or "").strip() or f"P{i}" for i in range(1, n + 1)]
+        self.markers = [(text.get(f"$P{i}S") or "").strip() for i in range(1, n + 1)]
+
+
 def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
     """Check every FCS file against its panel before gating (HEADER + TEXT only).
 
     Returns one row per sample: ``sample_id, status ("ok"/"error"), version,
-    events, error, field, message, hint``. Nothing is raised for a bad file:
-    it is reported, and the other samples go on.
+    events, error, field, message, hint``. Nothing is raised for a bad file
+    (missing, not FCS, damaged TEXT, panel mismatch): it is reported, and the
+    other samples go on.
     """
     from .read import read_text
-
-    class _Text:  # the attributes Panel.resolve needs
-        def __init__(self, path, text):
-            n = int(text.get("$PAR", "0") or 0)
-            self.path = path
-            self.channels = [text.get(f"$P{i}N", f"P{i}").strip() for i in range(1, n + 1)]
-            self.markers = [text.get(f"$P{i}S", "").strip() for i in range(1, n + 1)]
 
     rows = []
     for _, s in sheet.iterrows():
@@ -206,10 +263,24 @@ def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
             "hint": "",
         }
         try:
-            version, text = read_text(s["fcs_path"])
+            fcs_path = s["fcs_path"]
+            if not Path(fcs_path).is_file():
+                raise FCSError(
+                    "FCS file does not exist",
+                    file=fcs_path,
+                    field="fcs_path",
+                    hint="fcs_path in the sample sheet is relative to the sheet's folder",
+                )
+            if s["panel"] not in templates:
+                raise ConfigError(
+                    f"no gating template for panel {s['panel']!r}",
+                    field="panel",
+                    hint=f"templates: {', '.join(templates) or 'none'}",
+                )
+            version, text = read_text(fcs_path)
             rec["version"] = version
-            rec["events"] = int(text.get("$TOT", "0").strip() or 0)
-            templates[s["panel"]].panel.resolve(_Text(s["fcs_path"], text), sample=s["sample_id"])
+            rec["events"] = _count_keyword(text, "$TOT", fcs_path)
+            templates[s["panel"]].panel.resolve(_Text(fcs_path, text), sample=s["sample_id"])
         except ImmunoError as exc:
             if exc.sample is None:
                 exc.sample = s["sample_id"]
@@ -220,6 +291,14 @@ def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
                     for k, v in exc.as_record().items()
                     if k in ("error", "field", "message", "hint")
                 },
+            )
+        except Exception as exc:  # a reader fault on one odd file must not stop the cohort
+            log.exception("sample %s: unexpected error checking %s", s["sample_id"], s["fcs_path"])
+            rec.update(
+                status="error",
+                error=type(exc).__name__,
+                message=str(exc) or repr(exc),
+                hint="unexpected error: please report it with this file",
             )
         rows.append(rec)
     return pd.DataFrame(rows)
@@ -241,23 +320,32 @@ def gate_cohort(
     Writes ``counts_path`` (per sample and population: ``sample_id, population,
     parent, count, parent_count, percent_of_parent, qc_flag``), ``params_path``
     (every fitted threshold or centre, for the cohort QC view), ``failed_path``
-    (samples that failed the input check or gating, with the reason) and
+    (samples that failed, with the ``stage``: ``input_check``, ``gating`` or
+    ``export_gates``, and the error class, field, message and hint) and
     ``gates_dir/<sample_id>.xml`` (the realised gates, Gating-ML 2.0). Every
-    table is written atomically.
+    sample of the sheet is in exactly one of the counts and the failed
+    samples. Every table is written atomically.
     """
     from .autogate import SampleInput, gate_samples, realised_params
 
     gates_dir = Path(gates_dir)
     gates_dir.mkdir(parents=True, exist_ok=True)
-    status = dict(zip(checks["sample_id"], checks["status"], strict=True))
+    # ids as text: a checks table read back without dtype=str may hold numbers
+    by_check = {str(r["sample_id"]): r for r in checks.to_dict("records")}
+    status = {sid: r["status"] for sid, r in by_check.items()}
+    not_checked = {
+        "error": "",
+        "message": "sample is missing from the input check table",
+        "hint": "run check_inputs on this sample sheet again",
+    }
     failed = []
     for _, row in sheet.iterrows():
-        if status.get(row["sample_id"]) != "ok":
-            rec = checks.loc[checks["sample_id"] == row["sample_id"]].iloc[0].to_dict()
+        if status.get(str(row["sample_id"])) != "ok":
+            rec = by_check.get(str(row["sample_id"]), not_checked)
             failed.append(_failed_row(row, "input_check", rec))
     tables, params = [], []
     for panel, template in templates.items():
-        sub = sheet[(sheet["panel"] == panel) & sheet["sample_id"].map(status).eq("ok")]
+        sub = sheet[(sheet["panel"] == panel) & sheet["sample_id"].astype(str).map(status).eq("ok")]
         if sub.empty:
             continue
         inputs = [
@@ -271,10 +359,15 @@ def gate_cohort(
             if res.error is not None:
                 failed.append(_failed_row(by_id[res.sample_id], "gating", res.error))
                 continue
+            try:
+                _export_gates(res, gates_dir / f"{res.sample_id}.xml")
+            except ImmunoError as exc:
+                # counts without their gates cannot be audited: the sample fails
+                failed.append(_failed_row(by_id[res.sample_id], "export_gates", exc.as_record()))
+                continue
             t = res.table.copy()
             t.insert(0, "sample_id", res.sample_id)
             tables.append(t)
-            _export_gates(res, gates_dir / f"{res.sample_id}.xml")
         params.append(realised_params([r for r in results if r.error is None], template))
     cols = [
         "sample_id",

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .errors import SampleSheetError
+
 __all__ = ["COUNT_COLUMNS", "cohort_table", "descendants"]
 
 COUNT_COLUMNS = [
@@ -66,9 +68,25 @@ def cohort_table(
     lymphocytes
         Name of the population that is the denominator of
         ``percent_of_lymphocytes``.
+
+    Raises
+    ------
+    SampleSheetError
+        A gated sample is not in the sheet (ids are compared as text).
     """
     meta_cols = ["sample_id", "patient_id", "dose_group", "visit_month", "panel"]
     meta = sheet[meta_cols + (["lymphocyte_count"] if "lymphocyte_count" in sheet else [])]
+    # Ids are text: a table read back without dtype=str turns "12" into 12.
+    meta = meta.assign(sample_id=meta["sample_id"].astype(str))
+    gating = gating.assign(sample_id=gating["sample_id"].astype(str))
+    unknown = sorted(set(gating["sample_id"]) - set(meta["sample_id"]))
+    if unknown:
+        raise SampleSheetError(
+            f"{len(unknown)} gated sample(s) are not in the sample sheet: {', '.join(unknown[:5])}",
+            sample=unknown[0],
+            field="sample_id",
+            hint="gate again after editing the sheet; read tables with dtype=str for ids",
+        )
     df = gating.merge(meta, on="sample_id", how="left", validate="many_to_one")
     pct_lymph = np.full(len(df), np.nan)
     for _sid, idx in df.groupby("sample_id", sort=False).groups.items():

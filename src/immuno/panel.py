@@ -5,7 +5,10 @@ A panel is declared in the ``panel:`` section of a gating template
 stain name) with case-, space- and punctuation-insensitive matching against the
 marker's name and its ``aliases`` (``LIVE DEAD Aqua``, ``L/D``, ``Viability``...);
 a marker may instead pin a ``channel`` (``$PnN``). Scatter and time channels are
-named by ``$PnN``.
+named by ``$PnN``. A stain written as ``fluorochrome - marker`` (``BV785 - CD3``,
+``L/D Aqua - Viability``, ``VIVID / CD14``: parts separated by a ``-`` or ``/``
+with spaces around it) also matches through its parts, but only when no stain
+matches as a whole.
 
 :meth:`Panel.resolve` checks a file against its panel *before* any gating and
 raises :class:`~immuno.errors.PanelError` naming the file and the marker at
@@ -26,6 +29,10 @@ __all__ = ["Marker", "Panel", "normalise_name"]
 def normalise_name(name: str) -> str:
     """Fold a marker name for matching: lower case, no spaces or punctuation."""
     return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+# "BV785 - CD3", "VIVID / CD14": a separator with white space on both sides.
+_STAIN_PARTS = re.compile(r"\s+[-/]\s+")
 
 
 @dataclass
@@ -132,11 +139,17 @@ class Panel:
             is absent.
         """
         by_stain: dict[str, list[str]] = {}
+        by_part: dict[str, list[str]] = {}  # the parts of "fluorochrome - marker" stains
         for pnn, pns in zip(fcs.channels, fcs.markers, strict=True):
             for key in {normalise_name(pns), normalise_name(pnn)}:
                 if key:
                     by_stain.setdefault(key, []).append(pnn)
+            parts = _STAIN_PARTS.split(pns.strip())
+            if len(parts) > 1:
+                for key in {normalise_name(p) for p in parts} - {""}:
+                    by_part.setdefault(key, []).append(pnn)
         stains = ", ".join(f"{n}={s}" for n, s in zip(fcs.channels, fcs.markers, strict=True) if s)
+        stains = stains or "none (the file has no $PnS)"
         out: dict[str, str] = {}
         for m in self.markers.values():
             if m.channel:
@@ -151,6 +164,8 @@ class Panel:
                 out[m.name] = m.channel
                 continue
             hits = sorted({c for k in m.keys() for c in by_stain.get(k, [])})
+            if not hits:
+                hits = sorted({c for k in m.keys() for c in by_part.get(k, [])})
             if not hits:
                 raise PanelError(
                     f"marker {m.name!r} of panel {self.name!r} not found in $PnS",

@@ -1,0 +1,316 @@
+"""Data-driven gating: each method on synthetic data with known truth, template
+validation, and the fallback paths (patient, cohort, default) on simulated files."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from immuno.autogate import (
+    FitFailure,
+    MixtureCluster,
+    PopulationSpec,
+    Projection,
+    SampleInput,
+    Singlets,
+    TimeGate,
+    fit_mixture,
+    gate_one,
+    gate_samples,
+    load_template,
+    mindensity_threshold,
+    tail_threshold,
+)
+from immuno.errors import GatingFileError
+from immuno.gate import Dimension
+from immuno.read import read_fcs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spec(method, dims, **params):
+    return PopulationSpec(name="p", parent="root", dims=dims, method=method, params=params)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def test_mindensity_finds_the_valley_between_two_peaks():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.2, 0.03, 6000), rng.normal(0.65, 0.05, 4000)])
+    t = mindensity_threshold(x, (0.3, 0.55))
+    assert 0.33 < t < 0.5
+    # The cut separates the two populations almost perfectly.
+    assert (x[:6000] < t).mean() > 0.999 and (x[6000:] >= t).mean() > 0.999
+
+
+def test_mindensity_prefers_the_deepest_valley_in_range():
+    rng = np.random.default_rng(1)
+    x = np.concatenate(
+        [rng.normal(0.05, 0.02, 3000), rng.normal(0.4, 0.03, 5000), rng.normal(0.55, 0.03, 2000)]
+    )
+    # Two valleys: ~0.22 (deep) and ~0.48 (shallow); both in range -> the deep one.
+    assert 0.15 < mindensity_threshold(x, (0.0, 0.6)) < 0.3
+    # Restricting the search range picks the other valley.
+    assert 0.44 < mindensity_threshold(x, (0.42, 0.52)) < 0.52
+
+
+def test_mindensity_one_peak_fails():
+    x = np.random.default_rng(2).normal(0, 1, 5000)
+    with pytest.raises(FitFailure):
+        mindensity_threshold(x)
+    with pytest.raises(FitFailure):
+        mindensity_threshold(np.ones(10))
+
+
+def test_tail_threshold_ignores_the_bright_tail():
+    rng = np.random.default_rng(3)
+    neg = rng.normal(0.0, 1.0, 20000)
+    x = np.concatenate([neg, rng.normal(8, 1, 3000)])
+    t = tail_threshold(x, k=3)
+    # k SDs of the negative peak, not widened by the positive population.
+    assert 2.6 < t < 3.4
+
+
+def test_fit_mixture_recovers_components_deterministically():
+    rng = np.random.default_rng(4)
+    a = rng.multivariate_normal([0.2, 0.2], [[0.002, 0], [0, 0.001]], 3000)
+    b = rng.multivariate_normal([0.6, 0.7], [[0.003, 0.001], [0.001, 0.002]], 1000)
+    X = np.vstack([a, b])
+    w1, m1, c1, _ = fit_mixture(X, 2, random_state=7)
+    w2, m2, _, _ = fit_mixture(X, 2, random_state=7)
+    np.testing.assert_array_equal(m1, m2)
+    order = np.argsort(m1[:, 0])
+    np.testing.assert_allclose(m1[order], [[0.2, 0.2], [0.6, 0.7]], atol=0.01)
+    np.testing.assert_allclose(w1[order], [0.75, 0.25], atol=0.02)
+
+
+def test_mixture_picks_by_rules_and_realises_an_ellipse():
+    rng = np.random.default_rng(5)
+    lymph = rng.multivariate_normal([0.2, 0.3], np.diag([0.0005, 0.0008]), 4000)
+    mono = rng.multivariate_normal([0.35, 0.6], np.diag([0.001, 0.002]), 2000)
+    X = np.vstack([lymph, mono])
+    truth = np.r_[np.ones(4000, bool), np.zeros(2000, bool)]
+    m = MixtureCluster(_spec("mixture", ["x", "y"], components=2, pick=[{"y": "min"}]))
+    m.fit(X)
+    gate = m.realise(m.params_, (Dimension("x"), Dimension("y")))
+    inside = gate.contains(X)
+    f1 = 2 * (inside & truth).sum() / (inside.sum() + truth.sum())
+    assert f1 > 0.98
+    assert abs(m.params_["mean_x"] - 0.2) < 0.01
+
+
+def test_projection_cuts_along_the_diagonal():
+    rng = np.random.default_rng(6)
+    conv = rng.multivariate_normal([0.35, 0.55], np.diag([0.004, 0.003]), 5000)
+    treg = rng.multivariate_normal([0.6, 0.3], np.diag([0.003, 0.003]), 600)
+    X = np.vstack([conv, treg])
+    truth = np.r_[np.zeros(5000, bool), np.ones(600, bool)]
+    p = Projection(_spec("projection", ["CD25", "CD127"], weights=[1, -1], select="+"))
+    p.fit(X)
+    gate = p.realise(p.params_, (Dimension("a"), Dimension("b")))
+    inside = gate.contains(X)
+    # The polygon is exactly the half-plane w.x >= z.
+    w = np.array([1.0, -1.0]) / np.sqrt(2)
+    np.testing.assert_array_equal(inside, X @ w >= p.params_["z"])
+    assert 2 * (inside & truth).sum() / (inside.sum() + truth.sum()) > 0.95
+
+
+def test_singlets_excludes_doublets():
+    rng = np.random.default_rng(7)
+    a = rng.lognormal(np.log(60000), 0.2, 9000)
+    h = a * rng.normal(0.85, 0.03, 9000)
+    da = rng.lognormal(np.log(120000), 0.2, 1000)
+    dh = da * rng.normal(0.5, 0.05, 1000)
+    X = np.column_stack([np.r_[a, da], np.r_[h, dh]])
+    truth = np.r_[np.ones(9000, bool), np.zeros(1000, bool)]
+    s = Singlets(_spec("singlets", ["FSC-A", "FSC-H"], k=5)).fit(X)
+    inside = s.realise(s.params_, (Dimension("A"), Dimension("H"))).contains(X)
+    assert (inside == truth).mean() > 0.995
+
+
+def test_time_gate_cuts_a_clog():
+    rng = np.random.default_rng(8)
+    t = np.sort(rng.uniform(0, 1000, 20000))
+    # A burst: 3000 extra events in [600, 620).
+    t = np.sort(np.r_[t, rng.uniform(600, 620, 3000)])
+    g = TimeGate(_spec("time", ["Time"], bins=100, k=5)).fit(t[:, None])
+    kept = g.realise(g.params_, (Dimension("Time"),)).contains(t[:, None])
+    assert not kept[(t >= 602) & (t < 618)].any()
+    assert kept.mean() > 0.35  # the longest steady stretch is kept
+    # A steady acquisition keeps everything and leaves both ends open.
+    steady = np.sort(rng.uniform(0, 1000, 20000))[:, None]
+    g2 = TimeGate(_spec("time", ["Time"])).fit(steady)
+    assert g2.params_["min"] is None and g2.params_["max"] is None
+    assert g2.realise(g2.params_, (Dimension("Time"),)).contains(steady).all()
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "t.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+BASE = """
+name: X
+panel:
+  transforms: {fluor: {type: logicle}}
+  markers: {CD3: {transform: fluor}}
+  channels: {FSC-A: {}}
+populations:
+"""
+
+
+@pytest.mark.parametrize(
+    "pops, field, words",
+    [
+        ("  - {name: a, parent: nope, dims: [CD3], method: mindensity}", "populations.a", "parent"),
+        ("  - {name: a, dims: [CD3], method: magic}", "populations.a.method", "unknown method"),
+        ("  - {name: a, dims: [CD4], method: mindensity}", "CD4", "not a marker"),
+        ("  - {name: a, dims: [CD3], method: mixture}", "populations.a.dims", "dimensions"),
+        (
+            "  - {name: a, dims: [CD3], method: mindensity, fallback: [default]}",
+            "populations.a.default",
+            "default",
+        ),
+        (
+            "  - {name: a, dims: [CD3], method: mindensity, fallback: [x]}",
+            "populations.a.fallback",
+            "unknown fallback",
+        ),
+        (
+            "  - {name: a, dims: [CD3], method: mindensity}\n"
+            "  - {name: a, dims: [CD3], method: mindensity}",
+            "populations.a",
+            "twice",
+        ),
+        (
+            "  - {name: a, dims: [CD3], method: mindensity, params: {select: x}}",
+            "a.params.select",
+            "select",
+        ),
+    ],
+)
+def test_template_errors_name_the_field(tmp_path, pops, field, words):
+    with pytest.raises(GatingFileError) as err:
+        load_template(_write(tmp_path, BASE + pops))
+    assert err.value.field == field
+    assert words in err.value.message
+    assert err.value.file.endswith("t.yaml")
+
+
+def test_template_not_yaml_and_missing_sections(tmp_path):
+    with pytest.raises(GatingFileError, match="YAML"):
+        load_template(_write(tmp_path, "a: [1, 2"))
+    with pytest.raises(GatingFileError, match="panel"):
+        load_template(_write(tmp_path, "name: x\n"))
+
+
+def test_shipped_templates_load_with_the_contract_population_names():
+    t = load_template(ROOT / "gates" / "t_cell.yaml")
+    b = load_template(ROOT / "gates" / "b_cell.yaml")
+    tn = [p.name for p in t.populations]
+    bn = [p.name for p in b.populations]
+    for pop in ["singlets", "live", "lymphocytes", "cd3", "cd4", "cd8", "treg"]:
+        assert pop in tn
+    for pop in ["singlets", "live", "lymphocytes", "cd3", "cd19", "naive_b"]:
+        assert pop in bn
+    assert t.population("treg").parent == "cd4"
+    assert b.population("naive_b").parent == "cd19"
+    assert len(t.sha256) == 64
+
+
+# ----------------------------------------------------------------------------- borrowing
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    from immuno.simulate import simulate_cohort
+
+    out = tmp_path_factory.mktemp("autogate_cohort")
+    simulate_cohort(out, seed=3, events=6000)
+    return out
+
+
+def _inputs(cohort, patients, panel="T"):
+    import pandas as pd
+
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t")
+    sub = sheet[(sheet.panel == panel) & sheet.patient_id.isin(patients)]
+    return [
+        SampleInput(r.sample_id, r.patient_id, str(cohort / r.fcs_path), r.visit_month)
+        for r in sub.itertuples()
+    ]
+
+
+def test_sparse_sample_borrows_the_patients_threshold(small_cohort):
+    template = load_template(ROOT / "gates" / "t_cell.yaml")
+    inputs = _inputs(small_cohort, ["P01", "P02"])
+    # Find the depleted visits' cd3 sizes and set min_events between them and the rest.
+    plain = {r.sample_id: r for r in gate_samples(inputs, template)}
+    cd3 = {s: int(r.table.set_index("population").loc["cd3", "count"]) for s, r in plain.items()}
+    sparse = min(cd3, key=cd3.get)
+    threshold = sorted(cd3.values())[1]  # only the smallest is below
+    t2 = copy.deepcopy(template)
+    t2.population("cd4").min_events = threshold
+    res = {r.sample_id: r for r in gate_samples(inputs, t2)}
+    fit = res[sparse].fits["cd4"]
+    assert fit.source == "patient"
+    assert "borrowed_patient" in fit.flags and "few_events" in fit.flags
+    same_patient = [
+        res[s].fits["cd4"].params
+        for s in res
+        if s != sparse and res[s].patient_id == res[sparse].patient_id
+    ]
+    for key in ("CD4", "CD8"):
+        assert fit.params[key] == pytest.approx(np.median([p[key] for p in same_patient]))
+    # Its qc_flag reaches the counts table; others are untouched.
+    row = res[sparse].table.set_index("population").loc["cd4"]
+    assert "borrowed_patient" in row["qc_flag"]
+    others = [s for s in res if s != sparse]
+    assert all(res[s].fits["cd4"].source == "fit" for s in others)
+
+
+def test_patient_without_usable_visits_borrows_from_the_cohort(small_cohort):
+    from immuno.autogate import _median_params
+
+    template = load_template(ROOT / "gates" / "t_cell.yaml")
+    inputs = _inputs(small_cohort, ["P01", "P02", "P03"])
+    res = {r.sample_id: r for r in gate_samples(inputs, template)}
+    # Pass 2 for a P03 sample whose own cd4 fit is impossible and whose patient has no
+    # usable visit: it must take the median of the other patients' fits.
+    ok = [r.fits["cd4"].params for s, r in res.items() if not s.startswith("P03")]
+    borrowed = {"cd4": {"patient": None, "cohort": _median_params(ok)}}
+    t_hi = copy.deepcopy(template)
+    t_hi.population("cd4").min_events = 10**9
+    p03 = next(i for i in inputs if i.patient_id == "P03")
+    g = gate_one(
+        read_fcs(p03.fcs_path), t_hi, sample_id=p03.sample_id, patient_id="P03", borrowed=borrowed
+    )
+    fit = g.fits["cd4"]
+    assert fit.source == "cohort" and "borrowed_cohort" in fit.flags
+    assert fit.params["CD4"] == pytest.approx(np.median([p["CD4"] for p in ok]))
+
+
+def test_default_fallback_and_failure_flags(small_cohort):
+    template = copy.deepcopy(load_template(ROOT / "gates" / "t_cell.yaml"))
+    inp = _inputs(small_cohort, ["P01"])[0]
+    fcs = read_fcs(inp.fcs_path)
+    template.population("cd3").min_events = 10**9
+    template.population("cd3").fallback = ["default"]
+    g = gate_one(fcs, template, sample_id=inp.sample_id)
+    assert g.fits["cd3"].source == "default"
+    assert g.fits["cd3"].params == {"CD3": 0.45}
+    assert "default_gate" in g.flag("cd3")
+    # No fallback at all: the population fails, is empty, and says "fail".
+    template.population("cd3").fallback = []
+    g = gate_one(fcs, template, sample_id=inp.sample_id)
+    assert "fail" in g.flag("cd3")
+    assert int(g.table.set_index("population").loc["cd3", "count"]) == 0
