@@ -987,6 +987,17 @@ def _gate_path(args) -> SampleGating:
         return SampleGating(
             inp.sample_id, inp.patient_id, {}, None, None, {}, 0, error=exc.as_record()
         )
+    except Exception as exc:  # a bug, or a file no check foresaw: lose this sample only
+        log.exception("unexpected error gating %s (%s)", inp.sample_id, inp.fcs_path)
+        record = {
+            "error": type(exc).__name__,
+            "file": inp.fcs_path,
+            "sample": inp.sample_id,
+            "field": "",
+            "message": f"unexpected error: {exc}",
+            "hint": "not a known input problem: please report it with this file",
+        }
+        return SampleGating(inp.sample_id, inp.patient_id, {}, None, None, {}, 0, error=record)
 
 
 def _map(fn, items, workers):

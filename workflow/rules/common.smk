@@ -48,7 +48,9 @@ def get_templates():
 
 
 def get_fcs_files():
-    return sorted(samples["fcs_path"])
+    # Missing files are not inputs: check_inputs reports them per sample
+    # (results/failed_samples.tsv) and the other samples go on.
+    return sorted(p for p in samples["fcs_path"] if Path(p).is_file())
 
 
 def get_final_outputs():
