@@ -405,3 +405,58 @@ def load_templates(panels: dict[str, str]) -> dict:
     from .autogate import load_template
 
     return {name: load_template(path) for name, path in panels.items()}
+
+
+def _review_one(args) -> str | None:
+    sample_id, fcs_path, gates_path, flags, out = args
+    from .gatingml import load_gatingml
+    from .plot import gate_review_figure, save_figure
+    from .read import read_fcs
+
+    try:
+        strategy = load_gatingml(gates_path)
+        fcs = read_fcs(fcs_path)
+        masks = strategy.apply(fcs, sample_id=sample_id).masks
+        fig = gate_review_figure(fcs, strategy, masks, title=sample_id, flags=flags)
+        save_figure(fig, out, dpi=72)
+    except ImmunoError as exc:
+        log.warning("no review figure for %s: %s", sample_id, exc)
+        return sample_id
+    return None
+
+
+def review_cohort(
+    sheet: pd.DataFrame,
+    counts: pd.DataFrame,
+    gates_dir: str | Path,
+    outdir: str | Path,
+    *,
+    workers: int = 1,
+) -> list[str]:
+    """Draw the gate review figure of every gated sample: ``outdir/<sample_id>.png``.
+
+    The gates come from each sample's exported Gating-ML file (so the figure shows
+    exactly what a reviewer can re-apply), flags from the counts table. Returns the
+    sample ids that could not be drawn.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    counts = counts.astype({"sample_id": str})
+    flags = {
+        sid: dict(zip(g["population"], g["qc_flag"].fillna(""), strict=True))
+        for sid, g in counts.groupby("sample_id")
+    }
+    jobs = []
+    for row in sheet.itertuples():
+        gates = Path(gates_dir) / f"{row.sample_id}.xml"
+        if gates.exists():
+            jobs.append((row.sample_id, row.fcs_path, gates, flags.get(str(row.sample_id), {}),
+                         outdir / f"{row.sample_id}.png"))
+    if workers <= 1:
+        failed = [_review_one(j) for j in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            failed = list(ex.map(_review_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    return [f for f in failed if f]

@@ -49,6 +49,8 @@ __all__ = [
     "paired_axes",
     "reconstitution_figure",
     "save_figure",
+    "gate_review_figure",
+    "cohort_qc_figure",
 ]
 
 log = logging.getLogger(__name__)
@@ -555,7 +557,9 @@ def reconstitution_figure(
     return fig
 
 
-def save_figure(fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+def save_figure(
+    fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLike], *, dpi: int = 300
+) -> list[Path]:
     """Write ``fig`` to each path atomically (temp file + ``os.replace``), then close it.
 
     Parameters
@@ -563,8 +567,8 @@ def save_figure(fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLi
     fig
         The figure to write.
     paths
-        One path or a list; the suffix picks the format (``.png`` at 300 dpi, ``.pdf``,
-        ``.svg``). Parent directories are created.
+        One path or a list; the suffix picks the format (``.png`` at ``dpi``, 300 by
+        default, ``.pdf``, ``.svg``). Parent directories are created.
 
     Returns
     -------
@@ -589,7 +593,7 @@ def save_figure(fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLi
                 fig.savefig(
                     tmp,
                     format=fmt,
-                    dpi=300 if fmt == "png" else "figure",
+                    dpi=dpi if fmt == "png" else "figure",
                     bbox_inches="tight",
                     pad_inches=0.05,
                 )
@@ -597,3 +601,194 @@ def save_figure(fig: Figure, paths: str | os.PathLike | Sequence[str | os.PathLi
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
     return targets
+
+
+# ---------------------------------------------------------------------------- gate review
+
+
+def _dim_label(dim, names: dict[str, str]) -> str:
+    base = names.get(dim.channel, dim.channel)
+    return f"{base} ({dim.transform})" if dim.transform else base
+
+
+def _limits(v: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(v, [0.2, 99.8]) if len(v) else (0.0, 1.0)
+    pad = 0.08 * (hi - lo if hi > lo else 1.0)
+    return float(lo - pad), float(hi + pad)
+
+
+def _draw_gate(ax, gate, color: str = "#D55E00") -> None:
+    from matplotlib.patches import Ellipse, Polygon
+
+    from .gate import EllipseGate, PolygonGate, RectangleGate
+
+    if isinstance(gate, RectangleGate):
+        for j, (lo, hi) in enumerate(zip(gate.mins, gate.maxs, strict=False)):
+            for v in (lo, hi):
+                if v is None or not np.isfinite(v):
+                    continue
+                (ax.axvline if j == 0 else ax.axhline)(v, color=color, lw=1.2)
+    elif isinstance(gate, PolygonGate):
+        ax.add_patch(Polygon(np.asarray(gate.vertices), closed=True, fill=False, ec=color, lw=1.2))
+    elif isinstance(gate, EllipseGate):
+        vals, vecs = np.linalg.eigh(np.asarray(gate.covariance, dtype=float))
+        width, height = 2 * np.sqrt(vals * gate.distance_square)
+        angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
+        ax.add_patch(
+            Ellipse(
+                gate.mean, width=height, height=width, angle=angle, fill=False, ec=color, lw=1.2
+            )
+        )
+
+
+def gate_review_figure(
+    fcs,
+    strategy,
+    masks: dict[str, np.ndarray],
+    *,
+    title: str = "",
+    flags=None,
+    max_events: int = 30000,
+    names: dict[str, str] | None = None,
+):
+    """One figure with every gate of one sample drawn over its parent's density.
+
+    Parameters
+    ----------
+    fcs
+        The sample (:class:`~immuno.read.FCSData`).
+    strategy
+        Its realised :class:`~immuno.gate.GatingStrategy` (e.g. from its Gating-ML file).
+    masks
+        Memberships from ``strategy.apply(fcs)``.
+    flags
+        Optional ``{population: qc_flag}``; flagged panels get a red title.
+    names
+        ``{channel ($PnN): label}`` for axis labels (default: ``$PnS`` where set).
+
+    Each panel shows the parent's events (at most ``max_events``, a fixed
+    subsample) in the gate's own space: a 2-D histogram (log colour) for 2-D
+    gates, a histogram for 1-D gates; the gate in orange; the title gives the
+    population, its count and percent of parent.
+    """
+    from matplotlib.figure import Figure
+
+    from .gate import BooleanGate, EventSpace
+
+    names = names or {c: (m or c) for c, m in zip(fcs.channels, fcs.markers, strict=True)}
+    flags = flags or {}
+    gates = [g for g in strategy.gates.values() if not isinstance(g, BooleanGate) and g.dims]
+    ncol = min(4, max(len(gates), 1))
+    nrow = int(np.ceil(len(gates) / ncol)) or 1
+    fig = Figure(figsize=(2.6 * ncol, 2.4 * nrow + 0.3))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.35, hspace=0.55)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    space = EventSpace(fcs, strategy)
+    rng = np.random.default_rng(0)
+    cmap = _density_cmap()
+    for ax, gate in zip(axes, gates, strict=False):
+        parent = masks[gate.parent] if gate.parent else np.ones(fcs.n_events, dtype=bool)
+        rows = np.flatnonzero(parent)
+        if len(rows) > max_events:
+            rows = np.sort(rng.choice(rows, max_events, replace=False))
+        vals = space.values(gate.dims, rows) if len(rows) else np.zeros((0, len(gate.dims)))
+        n, n_par = int(masks[gate.id].sum()), int(parent.sum())
+        pct = 100.0 * n / n_par if n_par else float("nan")
+        if vals.shape[1] >= 2 and len(vals):
+            xl, yl = _limits(vals[:, 0]), _limits(vals[:, 1])
+            h, _, _ = np.histogram2d(vals[:, 0], vals[:, 1], bins=96, range=[xl, yl])
+            img = np.ma.masked_equal(np.log1p(h.T), 0)
+            ax.imshow(
+                img,
+                origin="lower",
+                extent=(*xl, *yl),
+                aspect="auto",
+                cmap=cmap,
+                interpolation="nearest",
+            )
+            _draw_gate(ax, gate)
+            ax.set_xlim(xl)
+            ax.set_ylim(yl)
+            ax.set_ylabel(_dim_label(gate.dims[1], names), fontsize=_SMALL_SIZE)
+        elif len(vals):
+            xl = _limits(vals[:, 0])
+            h, edges = np.histogram(vals[:, 0], bins=128, range=xl)
+            ax.stairs(h, edges, fill=True, color="#4C72B0", alpha=0.8)
+            _draw_gate(ax, gate)
+            ax.set_xlim(xl)
+            ax.set_ylabel("events", fontsize=_SMALL_SIZE)
+        ax.set_xlabel(_dim_label(gate.dims[0], names), fontsize=_SMALL_SIZE)
+        ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
+        ax.xaxis.get_offset_text().set_fontsize(_SMALL_SIZE - 1)
+        ax.yaxis.get_offset_text().set_fontsize(_SMALL_SIZE - 1)
+        flag = flags.get(gate.id, "")
+        ax.set_title(
+            f"{gate.id} of {gate.parent or 'all'}: {n:,} ({pct:.1f}%)"
+            + (f"\n{flag}" if flag else ""),
+            fontsize=_SMALL_SIZE,
+            color="#C00000" if flag else "black",
+        )
+        ax.tick_params(labelsize=_SMALL_SIZE - 1)
+    for ax in axes[len(gates) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=_TITLE_SIZE - 1)
+    return fig
+
+
+def _density_cmap():
+    from matplotlib import colormaps
+
+    return colormaps["Blues"]
+
+
+def cohort_qc_figure(params: pd.DataFrame, *, k: float = 4.0):
+    """Cohort view of every fitted gate number, with outlying and borrowed samples marked.
+
+    ``params`` is ``results/gating/gate_params.tsv`` (``sample_id, patient_id,
+    population, source, key, value, qc_flag``). One panel per (population, key):
+    the value of each sample (x: sample order), the cohort median and the
+    ``median +- k * MAD`` band; samples flagged ``cohort_outlier`` in red, gates
+    borrowed from the patient or cohort or defaulted as open symbols.
+    """
+    from matplotlib.figure import Figure
+
+    params = params.copy()
+    params["qc_flag"] = params["qc_flag"].fillna("").astype(str)
+    panels = list(params.groupby(["population", "key"], sort=False))
+    ncol = 4
+    nrow = max(1, int(np.ceil(len(panels) / ncol)))
+    fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow + 0.5), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, ((pop, key), d) in zip(axes, panels, strict=False):
+        x = np.arange(len(d))
+        v = d["value"].to_numpy(dtype=float)
+        fitted = d["source"].eq("fit").to_numpy()
+        med = np.nanmedian(v[fitted]) if fitted.any() else np.nanmedian(v)
+        mad = 1.4826 * np.nanmedian(np.abs(v[fitted] - med)) if fitted.any() else 0.0
+        ax.axhspan(med - k * mad, med + k * mad, color="#DDDDDD", zorder=0)
+        ax.axhline(med, color="#555555", lw=0.8)
+        out = d["qc_flag"].str.contains("cohort_outlier").to_numpy()
+        ax.scatter(x[fitted & ~out], v[fitted & ~out], s=6, color="#0072B2", label="fitted")
+        ax.scatter(
+            x[~fitted],
+            v[~fitted],
+            s=14,
+            facecolors="none",
+            edgecolors="#009E73",
+            label="borrowed/default",
+        )
+        ax.scatter(x[out], v[out], s=14, color="#C00000", label="outlier")
+        ax.set_title(f"{pop}: {key}", fontsize=_SMALL_SIZE + 1)
+        ax.set_xticks([])
+        ax.set_xlabel("samples", fontsize=_SMALL_SIZE)
+        ax.tick_params(labelsize=_SMALL_SIZE)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    if panels:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=_SMALL_SIZE)
+    fig.suptitle(
+        "Fitted gates across the cohort (band: median +- 4 robust SD)", fontsize=_TITLE_SIZE
+    )
+    return fig

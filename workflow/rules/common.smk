@@ -62,4 +62,6 @@ def get_final_outputs():
         "results/stats/between_groups.tsv",
         "results/figures/reconstitution.png",
         "results/figures/reconstitution.pdf",
+        "results/figures/cohort_qc.png",
+        "results/review",
     ]

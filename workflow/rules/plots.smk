@@ -18,3 +18,42 @@ rule plot_reconstitution:
         statistics=config.get("statistics", {}),
     script:
         "../scripts/plot_reconstitution.py"
+
+
+rule plot_gate_review:
+    input:
+        sheet=get_sample_sheet(),
+        counts="results/counts.tsv",
+        gates="results/gates",
+    output:
+        report(
+            directory("results/review"),
+            patterns=["{sample}.png"],
+            caption="../report/review.rst",
+            category="Gate review",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/plot_gate_review.log",
+    conda:
+        "../../envs/immuno.yaml"
+    threads: 64
+    script:
+        "../scripts/plot_gate_review.py"
+
+
+rule plot_cohort_qc:
+    input:
+        "results/gating/gate_params.tsv",
+    output:
+        report(
+            "results/figures/cohort_qc.png",
+            caption="../report/cohort_qc.rst",
+            category="Quality control",
+        ),
+    log:
+        "logs/plot_cohort_qc.log",
+    conda:
+        "../../envs/immuno.yaml"
+    script:
+        "../scripts/plot_cohort_qc.py"
