@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/gating.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -64,4 +64,5 @@ def get_final_outputs():
         "results/figures/reconstitution.pdf",
         "results/figures/cohort_qc.png",
         "results/review",
+        "results/provenance.json",
     ]
