@@ -1,8 +1,9 @@
-"""The whole workflow on the demo cohort: outputs, accuracy against truth, statistics,
-auditable Gating-ML export, report, and an idempotent rerun.
+"""The whole workflow on a small demo study: outputs, review figures, auditable Gating-ML
+export, statistics, the report, and an idempotent rerun.
 
-One Snakemake run (session fixture) in a scratch folder, on the default demo cohort
-(23 patients, 8 visits, T and B tubes, 20,000 events per file): about two minutes.
+One Snakemake run (session fixture) in a scratch folder, on 10 patients of a demo
+cohort at 5,000 events per file (~150 files): a couple of minutes. The accuracy floors
+on the full demo cohort are in tests/test_accuracy.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-EVENTS = 20000
+EVENTS = 5000
+PATIENTS = [f"P{i:02d}" for i in range(1, 11)]
 
 pytestmark = pytest.mark.workflow
 
@@ -46,10 +48,15 @@ def _snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
+    from immuno.simulate import simulate_cohort
+
     work = tmp_path_factory.mktemp("workflow")
+    demo = work / "demo"
+    simulate_cohort(demo, seed=1, events=EVENTS)
+    sheet = pd.read_csv(demo / "samples.tsv", sep="\t", dtype=str)
+    sheet[sheet.patient_id.isin(PATIENTS)].to_csv(demo / "study.tsv", sep="\t", index=False)
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["samples"] = str(work / "demo" / "samples.tsv")
-    cfg["demo"] = {"out": str(work / "demo"), "seed": 1, "events": EVENTS}
+    cfg["samples"] = str(demo / "study.tsv")
     cfg["panels"] = {k: str(ROOT / v) for k, v in cfg["panels"].items()}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     proc = _snakemake(work, "--keep-going")
@@ -71,6 +78,7 @@ def test_outputs_exist_and_follow_the_contract(demo_run):
         "stats/between_groups.tsv",
         "figures/reconstitution.png",
         "figures/reconstitution.pdf",
+        "figures/cohort_qc.png",
     ]:
         assert (res / rel).stat().st_size > 0, rel
     counts = _read(res / "counts.tsv")
@@ -79,7 +87,7 @@ def test_outputs_exist_and_follow_the_contract(demo_run):
         "parent", "count", "parent_count", "percent_of_parent", "percent_of_lymphocytes",
         "absolute_count", "qc_flag",
     ]  # fmt: skip
-    sheet = _read(work / "demo" / "samples.tsv")
+    sheet = _read(work / "demo" / "study.tsv")
     assert set(counts["sample_id"]) == set(sheet["sample_id"])
     assert _read(res / "failed_samples.tsv").empty
     # Every sample has one Gating-ML file.
@@ -95,40 +103,22 @@ def test_outputs_exist_and_follow_the_contract(demo_run):
     np.testing.assert_allclose(cd4["percent_of_parent"], 100 * cd4["count"] / cd4["parent_count"])
 
 
-def test_percentages_match_truth_within_2_points_for_90_percent(demo_run):
-    """Issue 'Foundation': per-sample percent_of_parent within 2 points of the truth."""
-    work, _ = demo_run
-    counts = _read(work / "results" / "counts.tsv")
-    truth = _read(work / "demo" / "truth.tsv")
-    m = counts.merge(truth, on=["sample_id", "population"], suffixes=("", "_true"))
-    for pop in ["cd4", "cd8", "cd19", "treg", "naive_b"]:
-        sub = m[m.population == pop]
-        err = (sub["percent_of_parent"] - sub["percent_of_parent_true"]).abs()
-        assert len(sub) >= 140, pop
-        assert (err <= 2.0).mean() >= 0.90, (pop, err.describe())
-
-
-def test_per_event_f1_floors_through_the_exported_gates(demo_run):
-    """Issue 'Data-driven gating' floors, measured on the realised Gating-ML files."""
+def test_review_figure_for_every_sample_and_exported_gates_reproduce_counts(demo_run):
+    """Every gate on every sample can be seen, and re-applying the exported Gating-ML
+    with our engine gives exactly the counts in counts.tsv."""
     from immuno.gatingml import load_gatingml
     from immuno.read import read_fcs
-    from immuno.simulate import truth_masks
 
     work, _ = demo_run
-    sheet = _read(work / "demo" / "samples.tsv")
-    f1 = {}
-    for row in sheet.itertuples():
+    sheet = _read(work / "demo" / "study.tsv")
+    review = work / "results" / "review"
+    assert {p.stem for p in review.glob("*.png")} == set(sheet["sample_id"])
+    counts = _read(work / "results" / "counts.tsv")
+    for row in sheet.head(12).itertuples():
         strategy = load_gatingml(work / "results" / "gates" / f"{row.sample_id}.xml")
-        masks = strategy.apply(read_fcs(work / "demo" / row.fcs_path)).masks
-        truth = truth_masks(work / "demo" / "truth" / f"{row.sample_id}.npz")
-        for pop in ["live", "lymphocytes", "cd3", "cd4", "cd8", "treg", "cd19", "naive_b"]:
-            if pop in masks and pop in truth:
-                t, p = truth[pop], masks[pop]
-                f1.setdefault(pop, []).append(2 * (t & p).sum() / max(t.sum() + p.sum(), 1))
-    floors = {"live": 0.98, "lymphocytes": 0.975, "cd3": 0.98, "cd4": 0.98, "cd8": 0.98,
-              "cd19": 0.98, "naive_b": 0.98, "treg": 0.93}  # fmt: skip
-    for pop, floor in floors.items():
-        assert np.median(f1[pop]) >= floor, (pop, np.median(f1[pop]))
+        result = strategy.apply(read_fcs(work / "demo" / row.fcs_path))
+        ours = counts[counts.sample_id == row.sample_id].set_index("population")["count"]
+        assert {p: result.count(p) for p in result.masks} == ours.to_dict()
 
 
 def test_exported_gates_reproduce_counts_in_flowkit(demo_run):
@@ -176,10 +166,10 @@ def test_stats_show_the_treg_and_naive_b_rises(demo_run):
     pooled = _read(work / "results" / "stats" / "paired_pooled.tsv").set_index("population")
     for pop in ["treg", "naive_b"]:
         assert pooled.loc[pop, "median_change"] > 0
-        assert pooled.loc[pop, "p_adjusted"] < 0.01
-        assert pooled.loc[pop, "n_pairs"] >= 20
+        assert pooled.loc[pop, "p_adjusted"] < 0.05
+        assert pooled.loc[pop, "n_pairs"] >= 8
     # Sustained CD4/CD8 depletion, no dose-group difference.
-    assert pooled.loc["cd4", "median_change"] < 0 and pooled.loc["cd4", "p_adjusted"] < 0.01
+    assert pooled.loc["cd4", "median_change"] < 0 and pooled.loc["cd4", "p_adjusted"] < 0.05
     between = _read(work / "results" / "stats" / "between_groups.tsv")
     assert (between["p_value"] > 0.05).all()
 

@@ -56,6 +56,8 @@ __all__ = [
     "gate_samples",
     "gate_one",
     "strategy_for_file",
+    "load_gating",
+    "StaticGating",
     "METHODS",
 ]
 
@@ -784,6 +786,91 @@ def load_template(path: str | Path) -> Template:
     )
 
 
+class StaticPanel:
+    """Panel check for fixed gates: every channel the gates use must be in the file."""
+
+    def __init__(self, owner: StaticGating):
+        self.owner = owner
+        self.name = owner.name
+
+    def resolve(self, fcs, *, sample: str | None = None) -> dict[str, str]:
+        from .errors import PanelError
+
+        strategy = self.owner.strategy_for(fcs)
+        needed = sorted(
+            {
+                d.channel
+                for g in strategy.gates.values()
+                for d in g.dims
+                if d.channel and getattr(d, "ratio", None) is None
+            }
+        )
+        for ch in needed:
+            if ch not in fcs.channels:
+                raise PanelError(
+                    f"channel {ch!r} used by the gates of panel {self.name!r} is not in the file",
+                    file=fcs.path,
+                    sample=sample,
+                    field=ch,
+                    hint=f"{self.owner.source} gates by $PnN; channels here: "
+                    + ", ".join(fcs.channels),
+                )
+        return {ch: ch for ch in needed}
+
+
+@dataclass
+class StaticGating:
+    """A panel gated with fixed gates: a Gating-ML 2.0 file or a FlowJo workspace.
+
+    The gates are applied as they are (no fitting, no borrowing); FlowJo gates
+    are looked up per sample by the FCS file name (``SampleNode`` name).
+    """
+
+    name: str
+    source: str
+    kind: str  # "gatingml" or "flowjo"
+    sha256: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.panel = StaticPanel(self)
+        self.populations: list[PopulationSpec] = []
+        self._cached = None
+
+    def strategy_for(self, fcs) -> GatingStrategy:
+        if self.kind == "gatingml":
+            if self._cached is None:
+                from .gatingml import load_gatingml
+
+                self._cached = load_gatingml(self.source)
+            return self._cached
+        from .flowjo import load_flowjo
+
+        return load_flowjo(self.source, sample=Path(fcs.path).name)
+
+
+def load_gating(path: str | Path, *, name: str | None = None) -> Template | StaticGating:
+    """Load a panel's gating: a template (``.yaml``), Gating-ML (``.xml``) or FlowJo (``.wsp``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return load_template(path)
+    if suffix in (".xml", ".wsp"):
+        if not path.is_file():
+            raise GatingFileError("gating file does not exist", file=str(path))
+        return StaticGating(
+            name=name or path.stem,
+            source=str(path),
+            kind="gatingml" if suffix == ".xml" else "flowjo",
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+    raise GatingFileError(
+        f"unknown gating file type {suffix!r}",
+        file=str(path),
+        hint="use a template (.yaml), Gating-ML 2.0 (.xml) or a FlowJo workspace (.wsp)",
+    )
+
+
 # --------------------------------------------------------------------------- gating
 
 
@@ -870,6 +957,8 @@ def gate_one(
         Without it, a population that fails uses its ``default`` (if declared)
         and is marked for borrowing.
     """
+    if isinstance(template, StaticGating):
+        return _apply_static(fcs, template, sample_id=sample_id, patient_id=patient_id)
     channel_map = template.panel.resolve(fcs, sample=sample_id)
     strategy = template.base_strategy()
     space = EventSpace(fcs, strategy, dtype=np.float64)
@@ -923,6 +1012,17 @@ def gate_one(
     table = result.table()
     table["qc_flag"] = [";".join(fits[p].flags) for p in table["population"]]
     return SampleGating(sample_id, patient_id, fits, table, strategy, channel_map, n)
+
+
+def _apply_static(fcs, gating: StaticGating, *, sample_id: str, patient_id: str) -> SampleGating:
+    """Fixed gates: check the channels, apply, count; every population is ``static``."""
+    channel_map = gating.panel.resolve(fcs, sample=sample_id)
+    strategy = gating.strategy_for(fcs)
+    result = strategy.apply(fcs, sample_id=sample_id)
+    fits = {pop: PopulationFit({}, "static") for pop in result.masks}
+    table = result.table()
+    table["qc_flag"] = ""
+    return SampleGating(sample_id, patient_id, fits, table, strategy, channel_map, fcs.n_events)
 
 
 def _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, borrowed):

@@ -401,10 +401,14 @@ def _export_gates(res, path: Path) -> None:
 
 
 def load_templates(panels: dict[str, str]) -> dict:
-    """Load the gating template of every panel: ``{panel: Template}``."""
-    from .autogate import load_template
+    """Load the gating of every panel: ``{panel: Template | StaticGating}``.
 
-    return {name: load_template(path) for name, path in panels.items()}
+    A panel's gating is a data-driven template (``.yaml``), a Gating-ML 2.0 file
+    (``.xml``) or a FlowJo workspace (``.wsp``); all report the same tables.
+    """
+    from .autogate import load_gating
+
+    return {name: load_gating(path, name=name) for name, path in panels.items()}
 
 
 def _review_one(args) -> str | None:
@@ -452,8 +456,15 @@ def review_cohort(
     for row in sheet.itertuples():
         gates = Path(gates_dir) / f"{row.sample_id}.xml"
         if gates.exists():
-            jobs.append((row.sample_id, row.fcs_path, gates, flags.get(str(row.sample_id), {}),
-                         outdir / f"{row.sample_id}.png"))
+            jobs.append(
+                (
+                    row.sample_id,
+                    row.fcs_path,
+                    gates,
+                    flags.get(str(row.sample_id), {}),
+                    outdir / f"{row.sample_id}.png",
+                )
+            )
     if workers <= 1:
         failed = [_review_one(j) for j in jobs]
     else:
