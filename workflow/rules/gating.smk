@@ -21,7 +21,11 @@ rule gate_samples:
     output:
         counts="results/gating/gating_counts.tsv",
         params="results/gating/gate_params.tsv",
-        failed="results/failed_samples.tsv",
+        failed=report(
+            "results/failed_samples.tsv",
+            caption="../report/failed_samples.rst",
+            category="Quality control",
+        ),
         gates=directory("results/gates"),
     log:
         "logs/gate_samples.log",
