@@ -724,7 +724,7 @@ def gate_review_figure(
         flag = flags.get(gate.id, "")
         ax.set_title(
             f"{gate.id} of {gate.parent or 'all'}: {n:,} ({pct:.1f}%)"
-            + (f"\n{flag}" if flag else ""),
+            + _flag_lines(flag),
             fontsize=_SMALL_SIZE,
             color="#C00000" if flag else "black",
         )
@@ -735,6 +735,16 @@ def gate_review_figure(
     if title:
         fig.suptitle(title, fontsize=_TITLE_SIZE - 1)
     return fig
+
+
+def _flag_lines(flag: str, width: int = 38) -> str:
+    """A qc_flag as at most two short lines under a panel title (long ones overlapped)."""
+    if not flag:
+        return ""
+    import textwrap
+
+    lines = textwrap.wrap(flag.replace(";", "; "), width)
+    return "\n" + "\n".join(lines[:2]) + (" ..." if len(lines) > 2 else "")
 
 
 def _density_cmap():
