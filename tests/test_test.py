@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from immuno.count import COUNT_COLUMNS
 from immuno.errors import ConfigError, ImmunoError
 from immuno.test import (
     BETWEEN_COLUMNS,
@@ -24,21 +25,7 @@ from immuno.test import (
 )
 
 VISITS = (0.0, 1.5, 3.0, 4.5, 6.0, 7.5, 9.0, 12.0)
-COLUMNS = [
-    "sample_id",
-    "patient_id",
-    "dose_group",
-    "visit_month",
-    "panel",
-    "population",
-    "parent",
-    "count",
-    "parent_count",
-    "percent_of_parent",
-    "percent_of_lymphocytes",
-    "absolute_count",
-    "qc_flag",
-]
+COLUMNS = COUNT_COLUMNS
 
 
 @pytest.fixture(scope="session")

@@ -110,15 +110,7 @@ def load_sample_sheet(
     for c in df.columns:
         df[c] = df[c].str.strip()
     for c in REQUIRED_COLUMNS:
-        empty = df.index[df[c] == ""]
-        if len(empty):
-            row = df.loc[empty[0]]
-            raise SampleSheetError(
-                f"empty {c} on line {empty[0] + 2}",
-                file=src,
-                sample=row["sample_id"] or None,
-                field=c,
-            )
+        _first_bad(df, df[c] == "", src, c, "empty {field} on line {line}")
     dup = df["sample_id"][df["sample_id"].duplicated()]
     if len(dup):
         raise SampleSheetError(
@@ -128,60 +120,45 @@ def load_sample_sheet(
             field="sample_id",
             hint="every FCS file needs its own sample_id",
         )
-    unsafe = df.index[df["sample_id"].str.contains(r"[/\\]") | df["sample_id"].isin([".", ".."])]
-    if len(unsafe):
-        sid = df.loc[unsafe[0], "sample_id"]
-        raise SampleSheetError(
-            f"sample_id {sid!r} cannot name a file",
-            file=src,
-            sample=sid,
-            field="sample_id",
-            hint="sample ids name output files (results/gates/<sample_id>.xml): no '/' or '\\'",
-        )
+    _first_bad(
+        df,
+        df["sample_id"].str.contains(r"[/\\]") | df["sample_id"].isin([".", ".."]),
+        src,
+        "sample_id",
+        "sample_id {value!r} cannot name a file",
+        "sample ids name output files (results/gates/<sample_id>.xml): no '/' or '\\'",
+    )
     visits = pd.to_numeric(df["visit_month"], errors="coerce")
-    bad = df.index[~np.isfinite(visits)]
-    if len(bad):
-        row = df.loc[bad[0]]
-        raise SampleSheetError(
-            f"visit_month {row['visit_month']!r} is not a finite number",
-            file=src,
-            sample=row["sample_id"],
-            field="visit_month",
-            hint="months from entry, e.g. 0, 1.5, 4.5",
-        )
+    _first_bad(
+        df,
+        ~np.isfinite(visits),
+        src,
+        "visit_month",
+        "visit_month {value!r} is not a finite number",
+        "months from entry, e.g. 0, 1.5, 4.5",
+    )
     df["visit_month"] = visits.astype(float)
     if "lymphocyte_count" in df.columns:
         lc = pd.to_numeric(df["lymphocyte_count"].replace("", np.nan), errors="coerce")
-        bad = df.index[(lc.isna() & (df["lymphocyte_count"] != "")) | np.isinf(lc)]
-        if len(bad):
-            row = df.loc[bad[0]]
-            raise SampleSheetError(
-                f"lymphocyte_count {row['lymphocyte_count']!r} is not a finite number",
-                file=src,
-                sample=row["sample_id"],
-                field="lymphocyte_count",
-                hint="x10^9 cells/L from the full blood count, or leave it empty",
-            )
-        if (lc < 0).any():
-            row = df.loc[df.index[lc < 0][0]]
-            raise SampleSheetError(
-                "lymphocyte_count is negative",
-                file=src,
-                sample=row["sample_id"],
-                field="lymphocyte_count",
-            )
+        _first_bad(
+            df,
+            (lc.isna() & (df["lymphocyte_count"] != "")) | np.isinf(lc),
+            src,
+            "lymphocyte_count",
+            "lymphocyte_count {value!r} is not a finite number",
+            "x10^9 cells/L from the full blood count, or leave it empty",
+        )
+        _first_bad(df, lc < 0, src, "lymphocyte_count", "lymphocyte_count is negative")
         df["lymphocyte_count"] = lc
     if panels is not None:
-        unknown = df.index[~df["panel"].isin(panels)]
-        if len(unknown):
-            row = df.loc[unknown[0]]
-            raise SampleSheetError(
-                f"panel {row['panel']!r} is not configured",
-                file=src,
-                sample=row["sample_id"],
-                field="panel",
-                hint=f"configured panels: {', '.join(panels)}",
-            )
+        _first_bad(
+            df,
+            ~df["panel"].isin(panels),
+            src,
+            "panel",
+            "panel {value!r} is not configured",
+            f"configured panels: {', '.join(panels)}",
+        )
     base = path.parent
     df["fcs_path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["fcs_path"]]
     if check_files:
@@ -202,6 +179,26 @@ def load_sample_sheet(
                 df.loc[i, "fcs_path"],
             )
     return df
+
+
+def _first_bad(
+    df: pd.DataFrame, mask, src: str, field: str, message: str, hint: str | None = None
+) -> None:
+    """Raise :class:`SampleSheetError` for the first row where ``mask`` holds.
+
+    ``message`` may use ``{value}`` (the row's ``field``), ``{field}`` and ``{line}``
+    (the sheet's line number, header = 1).
+    """
+    rows = df.index[np.asarray(mask, dtype=bool)]
+    if len(rows):
+        row = df.loc[rows[0]]
+        raise SampleSheetError(
+            message.format(value=row.get(field), field=field, line=rows[0] + 2),
+            file=src,
+            sample=row["sample_id"] or None,
+            field=field,
+            hint=hint,
+        )
 
 
 def _failed_row(row, stage: str, err: dict) -> dict:
