@@ -74,3 +74,43 @@ def test_kill_9_during_gating_then_rerun(tmp_path, cohort):
     pd.testing.assert_frame_equal(a, b)
     leftovers = [p for p in (killed / "results").rglob("*.tmp")]
     assert not leftovers
+
+
+def test_bad_files_do_not_cost_the_others_their_results(tmp_path, cohort):
+    """A truncated file, a non-FCS file and a missing file: the run succeeds, every other
+    sample has counts, the three are in failed_samples.tsv with the reason, inputs untouched."""
+    import hashlib
+    import shutil
+
+    work = tmp_path / "bad"
+    work.mkdir()
+    cmd = _setup(work, cohort)
+    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    local = work / "fcs"
+    local.mkdir()
+    for p in sheet["fcs_path"]:
+        shutil.copy(p, local / Path(p).name)
+    sheet["fcs_path"] = [str(local / Path(p).name) for p in sheet["fcs_path"]]
+    truncated, garbage, missing = sheet["sample_id"].iloc[[1, 4, 7]]
+    by_id = dict(zip(sheet["sample_id"], sheet["fcs_path"], strict=True))
+    data = Path(by_id[truncated]).read_bytes()
+    Path(by_id[truncated]).write_bytes(data[: len(data) // 2])
+    Path(by_id[garbage]).write_bytes(b"not an FCS file at all, just some bytes " * 4)
+    Path(by_id[missing]).unlink()
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    before = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+              for p in sheet["fcs_path"] if Path(p).exists()}  # fmt: skip
+
+    done = subprocess.run([*cmd, TARGET], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = pd.read_csv(work / TARGET, sep="\t", dtype={"sample_id": str})
+    failed = pd.read_csv(work / "results" / "failed_samples.tsv", sep="\t", dtype=str)
+    assert set(failed["sample_id"]) == {truncated, garbage, missing}
+    assert set(counts["sample_id"]) == set(sheet["sample_id"]) - {truncated, garbage, missing}
+    reasons = failed.set_index("sample_id")
+    assert "truncated" in reasons.loc[truncated, "message"] + reasons.loc[truncated, "hint"]
+    assert "not an FCS file" in reasons.loc[garbage, "message"]
+    assert "does not exist" in reasons.loc[missing, "message"]
+    assert all(reasons["error"].str.endswith("Error"))
+    after = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in before}
+    assert before == after
