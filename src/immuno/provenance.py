@@ -48,6 +48,7 @@ PACKAGES = (
     "jsonschema",
     "snakemake",
     "snakemake-executor-plugin-slurm",
+    "anndata",
 )
 
 #: Format of the record; raised when a key changes meaning or disappears.

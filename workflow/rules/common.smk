@@ -65,4 +65,8 @@ def get_final_outputs():
         "results/figures/cohort_qc.png",
         "results/review",
         "results/provenance.json",
+        "results/methods.rst",
+        "results/exports/cohort.wsp",
+        *expand("results/exports/{panel}.h5ad", panel=list(config["panels"])),
+        *(["results/exports/gated_fcs"] if config["export"]["population"] else []),
     ]

@@ -1,3 +1,6 @@
+import re
+
+
 rule write_provenance:
     input:
         sheet=get_sample_sheet(),
@@ -12,3 +15,80 @@ rule write_provenance:
         "../../envs/immuno.yaml"
     script:
         "../scripts/write_provenance.py"
+
+
+rule write_methods:
+    input:
+        templates=get_templates(),
+    output:
+        report(
+            "results/methods.rst",
+            caption="../report/methods.rst",
+            category="Methods",
+        ),
+    log:
+        "logs/write_methods.log",
+    conda:
+        "../../envs/immuno.yaml"
+    params:
+        panels=config["panels"],
+        statistics=config["statistics"],
+        export=config["export"],
+    script:
+        "../scripts/write_methods.py"
+
+
+rule export_flowjo:
+    input:
+        sheet=get_sample_sheet(),
+        gates="results/gates",
+        fcs=get_fcs_files(),
+    output:
+        "results/exports/cohort.wsp",
+    log:
+        "logs/export_flowjo.log",
+    conda:
+        "../../envs/immuno.yaml"
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+    script:
+        "../scripts/export_flowjo.py"
+
+
+rule export_anndata:
+    input:
+        sheet=get_sample_sheet(),
+        gates="results/gates",
+        template=lambda wc: config["panels"][wc.panel],
+        fcs=get_fcs_files(),
+    output:
+        "results/exports/{panel}.h5ad",
+    log:
+        "logs/export_anndata/{panel}.log",
+    wildcard_constraints:
+        panel="|".join(re.escape(p) for p in config["panels"]),
+    conda:
+        "../../envs/immuno.yaml"
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+    params:
+        max_events=config["export"]["max_events_per_sample"],
+    script:
+        "../scripts/export_anndata.py"
+
+
+rule export_gated_fcs:
+    input:
+        sheet=get_sample_sheet(),
+        gates="results/gates",
+        fcs=get_fcs_files(),
+    output:
+        directory("results/exports/gated_fcs"),
+    log:
+        "logs/export_gated_fcs.log",
+    conda:
+        "../../envs/immuno.yaml"
+    params:
+        population=config["export"]["population"],
+    script:
+        "../scripts/export_gated_fcs.py"

@@ -8,8 +8,10 @@ from immuno.cohort import load_sample_sheet, review_cohort
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
 sheet = load_sample_sheet(snakemake.input.sheet, list(snakemake.config["panels"]))
-counts = pd.read_csv(snakemake.input.counts, sep="\t", dtype={"sample_id": str},
-                     keep_default_na=False)
-missing = review_cohort(sheet, counts, snakemake.input.gates, snakemake.output[0],
-                        workers=snakemake.threads)
+counts = pd.read_csv(
+    snakemake.input.counts, sep="\t", dtype={"sample_id": str}, keep_default_na=False
+)
+missing = review_cohort(
+    sheet, counts, snakemake.input.gates, snakemake.output[0], workers=snakemake.threads
+)
 logging.info("%d samples without a review figure: %s", len(missing), ", ".join(missing))

@@ -1,0 +1,368 @@
+"""Exports: FlowJo workspace (re-gated by FlowKit and by our reader), AnnData, gated FCS.
+
+The realised gates come from :func:`immuno.autogate.gate_one` on a few samples of the
+simulated demo cohort, written with :func:`immuno.gatingml.write_gatingml` exactly as the
+workflow writes ``results/gates/<sample_id>.xml``; their count tables are what the workflow
+puts in ``counts.tsv``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immuno.errors import ConfigError, GatingError, GatingFileError
+
+PATIENTS = ["P01", "P02"]
+VISITS = [0.0, 4.5, 7.5]
+
+
+@pytest.fixture(scope="module")
+def gated(demo_cohort, templates_dir, tmp_path_factory):
+    """A few T and B samples gated like the workflow: ``(samples, counts)``.
+
+    ``samples`` has ``gated_samples``' columns (``gates`` = the Gating-ML file);
+    ``counts`` is ``sample_id, population, count`` of the realised gating.
+    """
+    from immuno.autogate import gate_one, load_template
+    from immuno.cohort import load_sample_sheet
+    from immuno.export import gated_samples
+    from immuno.gatingml import write_gatingml
+    from immuno.read import read_fcs
+
+    sheet = load_sample_sheet(demo_cohort / "samples.tsv", ["T", "B"])
+    sheet = sheet[sheet.patient_id.isin(PATIENTS) & sheet.visit_month.isin(VISITS)]
+    templates = {p: load_template(templates_dir / f"{p.lower()}_cell.yaml") for p in ("T", "B")}
+    gates_dir = tmp_path_factory.mktemp("gates")
+    tables = []
+    for row in sheet.itertuples():
+        res = gate_one(
+            read_fcs(row.fcs_path),
+            templates[row.panel],
+            sample_id=row.sample_id,
+            patient_id=row.patient_id,
+        )
+        write_gatingml(res.strategy, gates_dir / f"{row.sample_id}.xml")
+        tables.append(res.table.assign(sample_id=row.sample_id))
+    counts = pd.concat(tables, ignore_index=True)[["sample_id", "population", "count"]]
+    return gated_samples(sheet, gates_dir), counts
+
+
+def _ellipse_families(samples) -> dict[str, dict[str, str]]:
+    """Per sample: population -> the ellipse population it is (or lies below)."""
+    from immuno.gate import EllipseGate
+    from immuno.gatingml import load_gatingml
+
+    out = {}
+    for row in samples.itertuples():
+        st = load_gatingml(row.gates)
+        fam = {}
+        for gid in st.gates:
+            for anc in st.path(gid):
+                if isinstance(st.gates[anc], EllipseGate):
+                    fam[gid] = anc
+                    break
+        out[row.sample_id] = fam
+    return out
+
+
+def _flowkit_counts(wsp: Path, fcs_paths) -> pd.DataFrame:
+    import flowkit as fk
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = fk.Workspace(str(wsp), fcs_samples=[str(p) for p in fcs_paths])
+        ws.analyze_samples(use_mp=False)
+        report = ws.get_analysis_report()
+    report["sample_id"] = report["sample_id"].str.removesuffix(".fcs")
+    return report, ws
+
+
+def test_flowkit_regates_our_workspace_to_the_pipeline_counts(gated, tmp_path):
+    """FlowKit 1.3.2 opens the .wsp and, with its spillover matrices, counts what we count.
+
+    Rectangles, ranges and polygons: exactly. An ellipse population and those below it:
+    FlowKit replaces a FlowJo ellipse by its inscribed 128-gon, so it may miss events
+    on the rim: never more, and at most 0.1% of the ellipse's events (or one event).
+    """
+    from immuno.export import export_flowjo
+    from immuno.read import read_fcs
+
+    samples, counts = gated
+    wsp = export_flowjo(samples, tmp_path / "cohort.wsp")
+    report, ws = _flowkit_counts(wsp, samples.fcs_path)
+    m = report.merge(
+        counts, left_on=["sample_id", "gate_name"], right_on=["sample_id", "population"]
+    )
+    assert len(m) == len(counts)  # every population of every sample, once
+    ours = counts.set_index(["sample_id", "population"])["count"]
+    families = _ellipse_families(samples)
+    exact = rim = 0
+    for r in m.itertuples():
+        ellipse = families[r.sample_id].get(r.population)
+        if ellipse is None:
+            assert r.count_x == r.count_y, (r.sample_id, r.population)
+            exact += 1
+        else:
+            slack = max(1, int(0.001 * ours[(r.sample_id, ellipse)]))
+            assert 0 <= r.count_y - r.count_x <= slack, (r.sample_id, r.population)
+            rim += 1
+    assert exact >= 4 * len(samples) and rim >= 3 * len(samples)
+    # The per-sample spillover matrix is in the workspace (FlowKit's exporter omits it).
+    for row in samples.head(3).itertuples():
+        fcs = read_fcs(row.fcs_path)
+        dets, spill = fcs.spillover()
+        comp = ws.get_comp_matrix(Path(row.fcs_path).name)
+        assert list(comp.detectors) == dets
+        np.testing.assert_array_equal(comp.matrix, spill)
+
+
+def test_our_flowjo_reader_reads_the_workspace_back_exactly(gated, tmp_path):
+    """FlowJo's exact ellipse (foci + edge points) and every other gate: the same counts."""
+    from immuno.export import export_flowjo
+    from immuno.flowjo import load_flowjo, workspace_samples
+    from immuno.read import read_fcs
+
+    samples, counts = gated
+    wsp = export_flowjo(samples, tmp_path / "cohort.wsp")
+    assert workspace_samples(wsp) == [Path(p).name for p in samples.fcs_path]
+    ours = counts.set_index(["sample_id", "population"])["count"]
+    for row in samples.itertuples():
+        st = load_flowjo(wsp, sample=Path(row.fcs_path).name)
+        res = st.apply(read_fcs(row.fcs_path))
+        got = {pop: int(m.sum()) for pop, m in res.masks.items()}
+        assert got == ours.loc[row.sample_id].to_dict()
+    # Study annotations travel as sample keywords; panels become groups.
+    text = wsp.read_text()
+    assert 'name="patient_id" value="P01"' in text
+    assert '<GroupNode name="T"' in text and '<GroupNode name="All Samples"' in text
+
+
+QUADRANTS = """<?xml version="1.0" encoding="UTF-8"?>
+<gating:Gating-ML xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating"
+  xmlns:transforms="http://www.isac-net.org/std/Gating-ML/v2.0/transformations"
+  xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">
+  <transforms:transformation transforms:id="lgcl">
+    <transforms:logicle transforms:T="262144" transforms:W="0.5" transforms:M="4.5"
+      transforms:A="0"/>
+  </transforms:transformation>
+  <gating:RectangleGate gating:id="scatter">
+    <gating:dimension gating:min="20000" gating:compensation-ref="uncompensated">
+      <data-type:fcs-dimension data-type:name="FSC-A"/>
+    </gating:dimension>
+  </gating:RectangleGate>
+  <gating:QuadrantGate gating:id="quads" gating:parent_id="scatter">
+    <gating:divider gating:id="d4" gating:compensation-ref="FCS" gating:transformation-ref="lgcl">
+      <data-type:fcs-dimension data-type:name="APC-A"/>
+      <gating:value>0.45</gating:value>
+    </gating:divider>
+    <gating:divider gating:id="d8" gating:compensation-ref="FCS" gating:transformation-ref="lgcl">
+      <data-type:fcs-dimension data-type:name="APC-H7-A"/>
+      <gating:value>0.45</gating:value>
+    </gating:divider>
+    <gating:Quadrant gating:id="CD4pos_CD8neg">
+      <gating:position gating:divider_ref="d4" gating:location="0.9"/>
+      <gating:position gating:divider_ref="d8" gating:location="0.1"/>
+    </gating:Quadrant>
+    <gating:Quadrant gating:id="CD4neg_CD8pos">
+      <gating:position gating:divider_ref="d4" gating:location="0.1"/>
+      <gating:position gating:divider_ref="d8" gating:location="0.9"/>
+    </gating:Quadrant>
+    <gating:Quadrant gating:id="CD4pos_CD8pos">
+      <gating:position gating:divider_ref="d4" gating:location="0.9"/>
+      <gating:position gating:divider_ref="d8" gating:location="0.9"/>
+    </gating:Quadrant>
+    <gating:Quadrant gating:id="CD4neg_CD8neg">
+      <gating:position gating:divider_ref="d4" gating:location="0.1"/>
+      <gating:position gating:divider_ref="d8" gating:location="0.1"/>
+    </gating:Quadrant>
+  </gating:QuadrantGate>
+  <gating:BooleanGate gating:id="single_positive" gating:parent_id="scatter">
+    <gating:or>
+      <gating:gateReference gating:ref="CD4pos_CD8neg"/>
+      <gating:gateReference gating:ref="CD4neg_CD8pos"/>
+    </gating:or>
+  </gating:BooleanGate>
+</gating:Gating-ML>
+"""
+
+
+def test_quadrant_and_boolean_gates_export_and_count_exactly(gated, tmp_path):
+    """FlowKit's own export_wsp raises for quadrant gates; ours writes each quadrant as a
+    rectangle population (and a boolean 'or' as an OrNode), and FlowKit counts them exactly.
+    """
+    from immuno.export import export_flowjo
+    from immuno.gatingml import load_gatingml
+    from immuno.read import read_fcs
+
+    samples, _ = gated
+    rows = samples[samples.panel == "T"].head(2).copy()
+    xml = tmp_path / "quadrants.xml"
+    xml.write_text(QUADRANTS)
+    rows["gates"] = str(xml)
+    wsp = export_flowjo(rows, tmp_path / "quadrants.wsp")
+    assert "<OrNode" in wsp.read_text()
+    report, _ = _flowkit_counts(wsp, rows.fcs_path)
+    for row in rows.itertuples():
+        res = load_gatingml(xml).apply(read_fcs(row.fcs_path))
+        fk = report[report.sample_id == row.sample_id].set_index("gate_name")["count"]
+        assert fk.to_dict() == {p: int(m.sum()) for p, m in res.masks.items()}
+        assert 0 < fk["CD4pos_CD8neg"] < fk["scatter"]
+
+
+def test_flowjo_export_refuses_what_flowjo_cannot_hold(gated, tmp_path):
+    from immuno.export import export_flowjo
+
+    samples, _ = gated
+    twins = samples.head(2).copy()
+    twins["fcs_path"] = twins["fcs_path"].iloc[0]  # two samples, one file name
+    with pytest.raises(GatingFileError, match="file name") as err:
+        export_flowjo(twins, tmp_path / "x.wsp")
+    assert err.value.sample == twins.sample_id.iloc[1]
+    bad = tmp_path / "not.xml"
+    bad.write_text(
+        QUADRANTS.replace("<gating:or>", "<gating:and>")
+        .replace("</gating:or>", "</gating:and>")
+        .replace(
+            '<gating:gateReference gating:ref="CD4neg_CD8pos"/>',
+            '<gating:gateReference gating:ref="CD4neg_CD8pos" gating:use-as-complement="true"/>',
+        )
+    )
+    one = samples[samples.panel == "T"].head(1).assign(gates=str(bad))
+    with pytest.raises(GatingFileError, match="complement"):
+        export_flowjo(one, tmp_path / "y.wsp")
+    with pytest.raises(ConfigError, match="gates"):
+        export_flowjo(samples.drop(columns="gates"), tmp_path / "z.wsp")
+    assert not list(tmp_path.glob("*.wsp"))  # nothing half-written
+
+
+def test_anndata_export(gated, tmp_path, templates_dir):
+    import anndata as ad
+
+    from immuno.autogate import load_template
+    from immuno.compensate import Compensation
+    from immuno.export import export_anndata
+    from immuno.read import read_fcs
+    from immuno.transform import Logicle
+
+    samples, counts = gated
+    t = samples[samples.panel == "T"]
+    template = load_template(templates_dir / "t_cell.yaml")
+    full = ad.read_h5ad(
+        export_anndata(t, template, tmp_path / "T.h5ad", max_events_per_sample=None)
+    )
+    assert list(full.var_names) == list(template.panel.markers)  # viability, CD3, ..., Time
+    assert full.X.dtype == np.float32
+    pops = [p.name for p in template.populations]
+    study = ["sample_id", "patient_id", "visit_month", "dose_group", "panel", "event"]
+    assert list(full.obs.columns) == study + pops
+    assert all(full.obs[p].dtype == bool for p in pops)
+    # Membership columns sum to the pipeline's counts.
+    sums = full.obs.groupby("sample_id", observed=True)[pops].sum()
+    sums.index = sums.index.astype(str)
+    want = counts[counts.sample_id.isin(t.sample_id)].pivot(
+        index="sample_id", columns="population", values="count"
+    )
+    pd.testing.assert_frame_equal(sums.sort_index(), want[pops].sort_index(), check_names=False)
+    # X is compensated with the file's matrix and logicle-transformed (checked by hand).
+    row = t.iloc[0]
+    fcs = read_fcs(row.fcs_path)
+    dets, spill = fcs.spillover()
+    comp = fcs.events[:, [fcs.channels.index(d) for d in dets]].astype(float) @ np.linalg.inv(
+        Compensation(dets, spill).matrix
+    )
+    cd4 = Logicle(262144, 0.5, 4.5, 0).apply(comp[:, dets.index("APC-A")])
+    got = full[full.obs.sample_id == row.sample_id, "CD4"].X.ravel()
+    np.testing.assert_allclose(got, cd4, rtol=0, atol=1e-6)
+    assert full.var.loc["CD4", "channel"] == "APC-A" and bool(full.var.loc["CD4", "compensated"])
+    assert full.uns["immuno"]["max_events_per_sample"] == -1
+
+    # Subsampled: bounded rows per sample, seeded per sample (order does not matter).
+    a = ad.read_h5ad(export_anndata(t, template, tmp_path / "a.h5ad", max_events_per_sample=300))
+    b = ad.read_h5ad(
+        export_anndata(t.iloc[::-1], template, tmp_path / "b.h5ad", max_events_per_sample=300)
+    )
+    assert a.n_obs == 300 * len(t)
+    assert (a.obs.groupby("sample_id", observed=True).size() == 300).all()
+    sid = row.sample_id
+    pick_a, pick_b = a.obs[a.obs.sample_id == sid], b.obs[b.obs.sample_id == sid]
+    np.testing.assert_array_equal(pick_a["event"], pick_b["event"])
+    assert np.all(np.diff(pick_a["event"]) > 0)  # FCS order
+    # The subsample's rows are the full export's rows for those events.
+    ref = full[full.obs.sample_id == sid]
+    ref = ref[ref.obs["event"].isin(pick_a["event"])]
+    np.testing.assert_array_equal(ref.X, a[a.obs.sample_id == sid].X)
+    np.testing.assert_array_equal(ref.obs[pops].to_numpy(), pick_a[pops].to_numpy())
+    with pytest.raises(ConfigError, match="max_events_per_sample"):
+        export_anndata(t, template, tmp_path / "c.h5ad", max_events_per_sample=0)
+
+
+def test_anndata_is_imported_only_by_its_export():
+    code = (
+        "import sys, immuno.export, immuno.methods, immuno.cohort; "
+        "assert 'anndata' not in sys.modules, 'anndata imported eagerly'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gated_fcs_keeps_raw_values_and_keywords(gated, tmp_path):
+    from immuno.export import export_gated_cohort, export_gated_fcs
+    from immuno.gatingml import load_gatingml
+    from immuno.read import read_fcs
+
+    samples, counts = gated
+    row = samples[samples.panel == "T"].iloc[0]
+    src = read_fcs(row.fcs_path)
+    n = export_gated_fcs(row.fcs_path, row.gates, "cd4", tmp_path / "cd4.fcs")
+    out = read_fcs(tmp_path / "cd4.fcs")
+    mask = load_gatingml(row.gates).apply(src).masks["cd4"]
+    assert n == out.n_events == int(out.text["$TOT"]) == int(mask.sum())
+    assert n == counts.set_index(["sample_id", "population"])["count"][(row.sample_id, "cd4")]
+    np.testing.assert_array_equal(out.events, src.events[mask])  # raw values, FCS order
+    assert out.channels == src.channels and out.markers == src.markers
+    for key in ("$SPILLOVER", "$TIMESTEP", "$CYT", "$DATE", "TUBE NAME", "$P4R", "$P4G"):
+        assert out.text[key] == src.text[key], key
+    assert out.text["$FIL"] == "cd4.fcs" and out.text["IMMUNO POPULATION"] == "cd4"
+    assert out.text["IMMUNO SOURCE"] == Path(row.fcs_path).name
+    with pytest.raises(GatingError, match="naive_b") as err:
+        export_gated_fcs(row.fcs_path, row.gates, "naive_b", tmp_path / "x.fcs")
+    assert "treg" in err.value.hint  # the populations that exist
+
+    files = export_gated_cohort(samples, "cd4", tmp_path / "cohort")
+    index = pd.read_csv(tmp_path / "cohort" / "index.tsv", sep="\t")
+    t_ids = list(samples.sample_id[samples.panel == "T"])
+    assert list(index.sample_id) == t_ids  # B samples have no cd4 and are skipped
+    assert [f.name for f in files] == [f"{s}.cd4.fcs" for s in t_ids]
+    want = counts[(counts.population == "cd4")].set_index("sample_id")["count"]
+    assert index.set_index("sample_id")["events"].to_dict() == want.to_dict()
+
+
+def test_polygon_clipping_keeps_membership_inside_the_box():
+    """The realised half-plane polygons (vertices at +-1e6) are clipped to a box that holds
+    every event; the cut edge is not moved, so no point in the box changes side."""
+    from immuno.export import _clip_polygon
+    from immuno.gate import points_in_polygon
+
+    rng = np.random.default_rng(0)
+    w = np.array([1.0, -1.0]) / np.sqrt(2)  # the Treg projection: CD25 - CD127
+    u = np.array([-w[1], w[0]])
+    base, big = w * 0.1234567, 1e6
+    verts = np.array([base - big * u, base + big * u, base + big * (u + w), base - big * (u - w)])
+    box = [(-2.0, 3.0), (-2.5, 2.0)]
+    clipped = _clip_polygon(verts, box)
+    assert 3 <= len(clipped) <= 8
+    assert np.all(clipped >= [-2.0, -2.5]) and np.all(clipped <= [3.0, 2.0])
+    pts = rng.uniform([-2.0, -2.5], [3.0, 2.0], size=(100_000, 2))
+    t = rng.uniform(-1.5, 1.5, 4000)
+    off = rng.choice([-1, 1], 4000) * rng.uniform(1e-6, 1e-3, 4000)
+    near = base + t[:, None] * u + off[:, None] * w  # just either side of the cut
+    pts = np.vstack([pts, near])
+    np.testing.assert_array_equal(points_in_polygon(pts, clipped), points_in_polygon(pts, verts))
+    far = np.array([[100.0, 100.0], [101.0, 100.0], [100.0, 101.0]])
+    assert len(_clip_polygon(far, box)) == 0  # wholly outside: nothing left
