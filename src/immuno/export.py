@@ -1024,7 +1024,7 @@ def export_anndata(
         else:
             base = GatingStrategy()
             base.require_spillover = False
-        space = EventSpace(fcs, base, rowwise=len(rows) < fcs.n_events)
+        space = EventSpace(fcs, base)
         X[at : at + m] = space.values(tuple(dims), rows)
         events[at : at + m] = rows
         strategy = load_gatingml(rec["gates"])
