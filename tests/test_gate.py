@@ -17,13 +17,17 @@ from immuno.gate import (
     Dimension,
     EllipseGate,
     EventSpace,
+    FastEventSpace,
+    GatingResult,
     GatingStrategy,
     PolygonGate,
+    PolygonGrid,
     RectangleGate,
     channel_values,
     points_in_polygon,
+    write_membership,
 )
-from immuno.transform import Logicle, Ratio
+from immuno.transform import Asinh, Hyperlog, Linear, Logicle, Ratio
 
 
 @dataclass
@@ -398,3 +402,246 @@ def test_cytoexplorer_published_gates_exact(n, shared_data, shared_fcs, cyto_cou
         want[p["path"]] = cyto_counts[(f"Activation_{n}.fcs", p["path"])]
     assert len(got) == 10
     assert got == want
+
+
+# ------------------------------------------------------------------- fast path
+
+
+@pytest.fixture
+def force_fast(monkeypatch):
+    """The fast path on every sample and parent, in small odd-sized blocks."""
+    from immuno import gate as gate_mod
+
+    monkeypatch.setattr(gate_mod, "FAST_MIN_EVENTS", 0)
+    monkeypatch.setattr(gate_mod, "FAST_MIN_ROWS", 0)
+    monkeypatch.setattr(gate_mod, "FAST_CHUNK", 997)
+
+
+def _assert_same(strategy, fcs):
+    exact = strategy.apply(fcs, fast=False)
+    fast = strategy.apply(fcs)
+    assert list(fast.masks) == list(exact.masks)
+    for pop in exact.masks:
+        np.testing.assert_array_equal(fast.masks[pop], exact.masks[pop], err_msg=pop)
+    return exact
+
+
+GML = "gatingml2_compliance/Gml2"
+
+
+@pytest.mark.parametrize(
+    "fcs_name,xml",
+    [
+        ("data1.fcs", "gates1.xml"),
+        ("data2.fcs", "gates2.xml"),
+        ("9399_1_3_NKR.fcs", "gates3.xml"),
+        ("9399_1_3_NKR.fcs", "gates4.xml"),
+        ("9399_1_3_NKR.fcs", "gates5.xml"),
+    ],
+)
+def test_fast_path_equals_exact_on_the_compliance_suite(
+    fcs_name, xml, shared_data, shared_fcs, force_fast
+):
+    """Every gate of the ISAC sets (bounds, ratios, hyperlog, spectrum matrices, events
+    on polygon edges) gives the same membership on the fast path, event by event."""
+    from immuno.gatingml import load_gatingml
+
+    s = load_gatingml(shared_data / GML / "Gating-MLFiles" / xml)
+    _assert_same(s, shared_fcs(f"{GML}/FCSFiles/{fcs_name}"))
+
+
+def _adversarial(dtype, seed=0):
+    """Events on three fluorescence channels with spillover, many of them exactly on
+    a gate boundary (in channel units, on the logicle scale and on polygon edges),
+    plus a scatter pair; and a strategy over them that uses every fast-path branch."""
+    rng = np.random.default_rng(seed)
+    n = 6000
+    spill = np.array([[1.0, 0.15, 0.02], [0.01, 1.0, 0.1], [0.0, 0.05, 1.0]])
+    comp = Compensation(["F1", "F2", "F3"], spill)
+    lg = Logicle(262144, 0.5, 4.5, 0, id="lg")
+    hy = Hyperlog(10000, 1, 4.5, 0, id="hy")
+    ash = Asinh(262144, 4.5, 0, id="ash").with_bounds(0.2, 0.8)
+    lin = Linear(262144, 0, id="lin")
+    true = rng.normal(0, 300, (n, 3)) + rng.choice([0, 800, 5000], (n, 3))
+    raw = true @ spill
+    # Raw values exactly at thresholds, and whose compensated value is at one.
+    raw[:400, 0] = 1000.0
+    thr = float(lg.inverse(np.array([0.45]))[0])
+    want = np.full(400, thr)
+    raw[400:800] = (np.column_stack([want, raw[400:800, 1], raw[400:800, 2]]) @ spill)[:, :3]
+    raw[800:1200, 1] = np.nextafter(np.float32(thr), np.float32(np.inf))
+    scatter = rng.uniform(0, 1000, (n, 2))
+    scatter[:300] = [[200.0, 300.0]] * 300  # a polygon vertex
+    t = rng.uniform(0, 1, 300)
+    scatter[300:600] = np.column_stack([200 + 600 * t, 300 + 0 * t])  # on an edge
+    ev = np.column_stack([scatter, raw]).astype(dtype)
+    fcs = FakeFCS(ev, ["S1", "S2", "F1", "F2", "F3"], spill=(["F1", "F2", "F3"], spill))
+
+    s = GatingStrategy()
+    s.compensations["C"] = comp
+    for t_ in (lg, hy, ash, lin):
+        s.transforms[t_.id] = t_
+    f1 = Dimension("F1", "FCS", "lg")
+    f2 = Dimension("F2", "C", "lg")
+    f3 = Dimension("F3", "FCS", "hy")
+    s.add_gate(
+        PolygonGate(
+            "scatter",
+            None,
+            (Dimension("S1"), Dimension("S2")),
+            vertices=np.array([[200.0, 300.0], [800.0, 300.0], [900, 900], [100, 700]]),
+        )
+    )
+    s.add_gate(RectangleGate("raw", "scatter", (Dimension("F1"),), (1000.0,), (None,)))
+    s.add_gate(RectangleGate("comp lin", "scatter", (Dimension("F1", "FCS"),), (thr,), (None,)))
+    s.add_gate(RectangleGate("lg", "scatter", (f1, f2), (0.45, None), (None, 0.45)))
+    s.add_gate(RectangleGate("hy", None, (f3,), (0.3,), (0.7,)))
+    s.add_gate(RectangleGate("bounded", None, (Dimension("F2", "FCS", "ash"),), (0.2,), (0.5,)))
+    s.add_gate(RectangleGate("inf", None, (Dimension("F3", "FCS", "ash"),), (-np.inf,), (np.inf,)))
+    s.add_gate(RectangleGate("out", None, (f1,), (0.3,), (0.6,), complement=True))
+    poly = np.array([[0.3, 0.3], [0.7, 0.35], [0.6, 0.8], [0.45, 0.45], [0.35, 0.7]])
+    s.add_gate(PolygonGate("lg poly", "scatter", (f1, f2), vertices=poly))
+    s.add_gate(
+        EllipseGate(
+            "ell",
+            None,
+            (f1, Dimension("F3", "FCS", "lin")),
+            mean=np.array([0.45, 0.003]),
+            covariance=np.array([[0.004, 0.00001], [0.00001, 0.00002]]),
+            distance_square=4.0,
+        )
+    )
+    s.add_gate(
+        EllipseGate(
+            "ell3",
+            None,
+            (f1, f2, f3),
+            mean=np.array([0.4, 0.4, 0.4]),
+            covariance=np.diag([0.01, 0.02, 0.03]),
+            distance_square=2.0,
+        )
+    )
+    s.transforms["r"] = Ratio("F1", "F2", 1.0, 0.0, 0.0, id="r")
+    s.add_gate(
+        RectangleGate("ratio", "scatter", (Dimension("r", "FCS", ratio="r"),), (0.5,), (2.0,))
+    )
+    s.add_gate(
+        BooleanGate("lg or hy", "scatter", (), op="or", operands=[("lg", False), ("hy", False)])
+    )
+    return s, fcs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_equals_exact_on_events_at_the_boundaries(dtype, force_fast):
+    s, fcs = _adversarial(dtype)
+    exact = _assert_same(s, fcs)
+    # The events are not trivial: every population is partial (but the unbounded one).
+    for pop, m in exact.masks.items():
+        assert 0 < m.sum() < len(m) or (pop == "inf" and m.all()), pop
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_fast_path_falls_back_on_non_finite_values(force_fast):
+    s, fcs = _adversarial(np.float32, seed=1)
+    fcs.events[5, 3] = np.nan
+    fcs.events[7, 2] = np.inf
+    _assert_same(s, fcs)
+
+
+def test_fast_space_in_place_of_event_space(force_fast):
+    """``strategy.evaluate(gate, FastEventSpace, masks)`` (as autogate uses an
+    EventSpace) gives the exact masks, gate by gate."""
+    s, fcs = _adversarial(np.float32)
+    exact = s.apply(fcs, fast=False)
+    space = FastEventSpace(fcs, s)
+    masks = {}
+    for g in s.evaluation_order():
+        masks[g.id] = s.evaluate(g, space, masks)
+        np.testing.assert_array_equal(masks[g.id], exact.masks[g.id], err_msg=g.id)
+    assert space.stats["fast"] > 0
+    np.testing.assert_array_equal(
+        space.values((Dimension("F1", "FCS", "lg"),))[:, 0],
+        EventSpace(fcs, s).values((Dimension("F1", "FCS", "lg"),))[:, 0],
+    )
+
+
+def test_fast_path_is_the_default_for_large_samples(make_fcs):
+    from immuno import gate as gate_mod
+
+    fcs = make_fcs(n=gate_mod.FAST_MIN_EVENTS)
+    s = GatingStrategy()
+    s.add_gate(PolygonGate("p", None, (A, B), vertices=np.array([[0, 0], [90, 10], [50, 80.0]])))
+    s.add_gate(RectangleGate("r", "p", (C,), (20.0,), (None,)))
+    _assert_same(s, fcs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_polygon_grid_decides_only_what_it_may(seed):
+    """Points the grid calls inside/outside are so exactly, for any point within eps of
+    the given one; points on edges and vertices are always left to the exact test."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(3, 12))
+    verts = rng.uniform(0, 1, (k, 2))  # any polygon: concave, self-intersecting
+    eps = (0.0, 0.0) if seed % 2 == 0 else (2e-3, 5e-4)
+    grid = PolygonGrid(verts, *eps)
+    assert grid.ok
+    pts = rng.uniform(-0.2, 1.2, (200000, 2))
+    e = rng.integers(0, k, 2000)
+    t = rng.uniform(0, 1, (2000, 1))
+    on = verts[e] + t * (verts[(e + 1) % k] - verts[e])
+    pts = np.vstack([pts, verts, on])
+    cls = grid.classify(pts[:, 0], pts[:, 1])
+    assert set(np.unique(cls)) <= {0, 1, 2}
+    jitter = pts + rng.uniform(-1, 1, pts.shape) * np.array(eps)
+    truth = points_in_polygon(jitter, verts)
+    decided = cls != 2
+    np.testing.assert_array_equal(cls[decided] == 1, truth[decided])
+    assert (cls[len(pts) - len(on) - len(verts) :] == 2).all()  # vertices and edge points
+    far = grid.far_from_edges(pts[:, 0], pts[:, 1], *eps)
+    np.testing.assert_array_equal(points_in_polygon(pts[far], verts), truth[far])
+
+
+@pytest.mark.parametrize("k", [1, 2, 13, 16, 17, 64, 65])
+@pytest.mark.parametrize("kind", ["few patterns", "rare patterns", "empty"])
+def test_membership_gzip_is_the_exact_csv(k, kind, tmp_path):
+    """The hand-made deflate stream decodes (CRC and length checked by gzip) to exactly
+    the CSV table, across block edges, back-reference windows and literal rows."""
+    import gzip
+    import io
+
+    rng = np.random.default_rng(k)
+    n = 0 if kind == "empty" else 70003
+    pats = rng.random((3000 if kind == "rare patterns" else 5, k)) < 0.5
+    pick = rng.zipf(1.3, n) % len(pats) if kind == "rare patterns" else rng.integers(0, 5, n)
+    masks = [pats[pick, i] for i in range(k)]
+    names = [f'p{i}+ "x", é' for i in range(k)]
+    path = tmp_path / "m.csv.gz"
+    write_membership(path, masks, names, n)
+    got = gzip.decompress(path.read_bytes())
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(names)
+    header = head.getvalue().encode("utf-8")
+    assert got[: len(header)] == header
+    body = np.frombuffer(got[len(header) :], dtype=np.uint8).reshape(n, 2 * k)
+    want = np.full((n, 2 * k), ord(","), dtype=np.uint8)
+    want[:, -1] = ord("\n")
+    if n:
+        want[:, 0::2] = np.where(np.column_stack(masks), ord("1"), ord("0"))
+    np.testing.assert_array_equal(body, want)
+
+
+def test_counts_tsv_is_what_pandas_writes():
+    import io
+
+    masks = {
+        "a,b": np.array([1, 0, 1], bool),
+        'q"x\ty': np.array([1, 0, 0], bool),
+        "c": np.array([0, 0, 0], bool),
+        "d": np.array([0, 0, 0], bool),
+    }
+    res = GatingResult("s", 3, masks, {"a,b": None, 'q"x\ty': "a,b", "c": 'q"x\ty', "d": "c"})
+    table = res.table()
+    table.insert(0, "sample_id", "S\t1")
+    buf = io.StringIO()
+    table.to_csv(buf, sep="\t", index=False, lineterminator="\n")
+    assert res.counts_tsv("S\t1") == buf.getvalue()

@@ -207,3 +207,61 @@ def test_invalid_parameters():
         from_spec({"type": "bogus"})
     with pytest.raises(ConfigError, match="not a number"):
         from_spec({"type": "linear", "T": "high"})
+
+
+# ------------------------------------------------------------- fast approximations
+
+FAST = [
+    *(Logicle(*p) for p in TWMA),
+    *(Hyperlog(*p) for p in TWMA if p[1] > 0),
+    Asinh(262144, 4.5, 0),
+    Asinh(10000, 4, 1),
+    Asinh(262144, 4.2, 0.5),
+    Linear(10000, 500),
+    Linear(262144, 0),
+]
+
+
+def _hard_values(values):
+    """The shared grid plus the table's own nodes, their neighbours and float32 extremes."""
+    nodes = (np.arange(-8, 22, dtype=np.float64)[:, None] + np.arange(128) / 128).ravel()
+    nodes = 2.0 ** np.floor(nodes) * (1 + (nodes % 1))
+    around = np.concatenate([nodes, np.nextafter(nodes, 0), np.nextafter(nodes, np.inf)])
+    rng = np.random.default_rng(3)
+    x = np.concatenate(
+        [values, around, -around, [0.0, -0.0, 2.0**-8, 2.0**-9, 1e-30, -1e-30, 3e6, -3e6]]
+    )
+    x = np.concatenate([x, rng.normal(0, 2000, 20000), rng.uniform(-3e6, 3e6, 20000)])
+    return x[np.abs(x) <= 3e6]
+
+
+@pytest.mark.parametrize("t", FAST, ids=repr)
+def test_approx_is_within_its_error_bound(values, t):
+    """``approx`` (table or float32 arithmetic) never strays beyond the error it states,
+    on float32 and float64 input, including every table node and its neighbours."""
+    x64 = _hard_values(values)
+    for x in (x64, x64.astype(np.float32)):
+        exact = t.apply(x.astype(np.float64))
+        y, err = t.approx(x, float(np.abs(x).max()))
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert 0 < err < 1e-5 * (1 + float(np.abs(exact).max()))  # a useful bound
+        worst = float(np.abs(y.astype(np.float64) - exact).max())
+        assert worst <= err, (worst, err)
+
+
+@pytest.mark.parametrize("t", FAST, ids=repr)
+def test_lipschitz_bounds_the_slope(t):
+    # Steps of at least 0.008 units, so that rounding of y stays far below 1e-7 of a slope.
+    far = np.geomspace(1, 1e7, 2000)
+    x = np.unique(np.concatenate([np.linspace(-2000, 2000, 40001), far, -far]))
+    slope = np.diff(t.apply(x)) / np.diff(x)
+    assert float(slope.max()) <= t.lipschitz() * (1 + 1e-7)
+    # and it is not a vacuous bound: the steepest place reaches it closely
+    assert float(slope.max()) >= 0.99 * t.lipschitz()
+
+
+def test_approx_not_offered_where_not_exact_enough():
+    assert Log(100, 2).approx(np.ones(3), 10.0) is None
+    assert FlowJoBiex().approx(np.ones(3), 10.0) is None
+    assert Logicle().approx(np.ones(3), float("inf")) is None
+    assert Log(100, 2).lipschitz() is None

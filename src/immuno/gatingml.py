@@ -38,9 +38,6 @@ names.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import logging
 import math
 import os
@@ -784,16 +781,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _membership_lines(block: np.ndarray) -> bytes:
-    """CSV body for a boolean block ``(n, p)``: ``0``/``1`` separated by commas."""
-    n, k = block.shape
-    chars = np.empty((n, 2 * k), dtype="S1")
-    chars[:, 0::2] = np.where(block, b"1", b"0")
-    chars[:, 1::2] = b","
-    chars[:, -1] = b"\n"
-    return chars.tobytes()
-
-
 def write_gating_result(result: GatingResult, out: str | os.PathLike, sample_id: str) -> None:
     """Write ``out/counts.tsv`` and ``out/membership.csv.gz`` for one sample.
 
@@ -801,35 +788,15 @@ def write_gating_result(result: GatingResult, out: str | os.PathLike, sample_id:
     percent_of_parent`` (percent 0-100 of the parent's events; the parent of a
     top-level population is ``root``, all events). ``membership.csv.gz``: one
     0/1 column per population (header: the population names), one row per
-    event in FCS order. Each file is written to a temporary file beside it and
-    renamed into place, so a reader never sees a partial file.
+    event in FCS order (a standard gzip file, written by
+    :func:`immuno.gate.write_membership`). Each file is written to a temporary
+    file beside it and renamed into place, so a reader never sees a partial file.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = result.table()
-    table.insert(0, "sample_id", sample_id)
-    buf = io.StringIO()
-    table.to_csv(buf, sep="\t", index=False, lineterminator="\n")
-    _atomic_write_bytes(out / "counts.tsv", buf.getvalue().encode("utf-8"))
-
-    pops = list(result.masks)
-    head = io.StringIO()
-    csv.writer(head, lineterminator="\n").writerow(pops)
-    target = out / "membership.csv.gz"
-    with (
-        atomic_path(target) as tmp,
-        open(tmp, "wb") as raw,
-        gzip.GzipFile(
-            filename="membership.csv", mode="wb", fileobj=raw, compresslevel=6, mtime=0
-        ) as gz,
-    ):
-        gz.write(head.getvalue().encode("utf-8"))
-        if pops:
-            step = 262144
-            for a in range(0, result.n_events, step):
-                b = min(a + step, result.n_events)
-                block = np.column_stack([result.masks[p][a:b] for p in pops])
-                gz.write(_membership_lines(block))
+    _atomic_write_bytes(out / "counts.tsv", result.counts_tsv(sample_id).encode("utf-8"))
+    with atomic_path(out / "membership.csv.gz") as tmp:
+        result.write_membership(tmp)
 
 
 def _flowjo_sample(gates: Path, fcs_path: Path, sample_id: str | None) -> str | None:

@@ -22,6 +22,15 @@ dimension sees.
 FlowJo 10 transforms that are not Gating-ML ones: :class:`FlowJoLog` and
 :class:`FlowJoBiex` (FlowJo's lookup-table biexponential). Both map the display
 range onto 0..1 like the Gating-ML transforms.
+
+Fast approximations (for the gating engine's fast path, :mod:`immuno.gate`):
+``t.approx(x, x_max) -> (y, err)`` returns ``apply(x)`` up to a stated absolute
+error bound ``err`` for ``|x| <= x_max`` (``None`` where a transform has none),
+and ``t.lipschitz()`` a bound on the slope ``dy/dx`` (how far an error in ``x``
+moves ``y``). Logicle, hyperlog and asinh interpolate in a table of exact values
+(:class:`OddTable`); the engine decides an event from the approximation only when
+it is farther than the bound from every gate boundary, and otherwise computes it
+exactly, so these never change a gating result.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import numpy as np
 
 __all__ = [
     "Transform",
+    "OddTable",
     "Linear",
     "Log",
     "Logicle",
@@ -84,6 +94,20 @@ class Transform:
         """``apply`` then ``bound``: the values a gate on this transform compares."""
         return self.bound(self.apply(x))
 
+    def lipschitz(self) -> float | None:
+        """An upper bound of ``dy/dx`` over all ``x`` (``None``: unbounded or unknown)."""
+        return None
+
+    def approx(self, x: np.ndarray, x_max: float) -> tuple[np.ndarray, float] | None:
+        """Fast ``apply(x)`` for ``|x| <= x_max``: ``(y, err)`` with ``|y - apply(x)| <= err``.
+
+        ``y`` is float64 of ``x``'s shape; ``None`` when the transform has no fast
+        form (the caller then uses :meth:`apply`). ``err`` is a bound on the
+        difference from the exact function (including the few-ulp error of
+        :meth:`apply` itself), valid for finite ``x`` within ``x_max``.
+        """
+        return None
+
     def with_bounds(self, bound_min: float | None, bound_max: float | None) -> Transform:
         """Set the bounds (in place) and return ``self``."""
         self.bound_min = None if bound_min is None else float(bound_min)
@@ -115,6 +139,24 @@ class Linear(Transform):
 
     def inverse(self, y):
         return np.asarray(y, dtype=np.float64) * (self.T + self.A) - self.A
+
+    def lipschitz(self):
+        span = abs(self.T + self.A)
+        return None if span == 0 else 1.0 / span
+
+    def approx(self, x, x_max):
+        span = abs(self.T + self.A)
+        if span == 0 or not math.isfinite(x_max):
+            return None
+        x = np.asarray(x)
+        top = (x_max + abs(self.A)) / span + 1
+        if x.dtype == np.float32:
+            # The same expression in float32: a few float32 ulp of the largest y.
+            y = x + np.float32(self.A)
+            y *= np.float32(1.0 / (self.T + self.A))
+            return y, 8 * float(np.finfo(np.float32).eps) * top
+        # The same expression as apply: only rounding (a few ulp of the largest y) differs.
+        return self.apply(x), 8 * np.finfo(np.float64).eps * top
 
     def spec(self):
         return {"type": "linear", "T": self.T, "A": self.A, **self._bounds_spec()}
@@ -172,6 +214,15 @@ class Asinh(Transform):
             * self.T
             / math.sinh(self.M * _LN10)
         )
+
+    def lipschitz(self):
+        # dy/dx = k / ((M + A) ln10 sqrt(1 + (k x)^2)), largest at x = 0.
+        k = math.sinh(self.M * _LN10) / self.T
+        return k / ((self.M + self.A) * _LN10) * (1 + 1e-9)
+
+    def approx(self, x, x_max):
+        table = _odd_table(self, self.A / (self.M + self.A), x_max)
+        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
 
     def spec(self):
         return {"type": "asinh", "T": self.T, "M": self.M, "A": self.A, **self._bounds_spec()}
@@ -334,6 +385,20 @@ class Logicle(Transform):
         y = np.where(np.isnan(flat), np.nan, y)
         return y.reshape(shape)
 
+    def lipschitz(self):
+        # dy/dx = 1 / B'(y) on y >= x1 (mirrored below); B' = a b e^(by) + c d e^(-dy) is
+        # convex with its minimum at ln(c d^2 / (a b^2)) / (b + d), or at x1 if that is lower.
+        a, b, c, d = self._a, self._b, self._c, self._d
+        y_min = self._x1
+        if c > 0 and d > 0:
+            y_min = max(y_min, math.log(c * d * d / (a * b * b)) / (b + d))
+        slope = float(self._dbiexp(np.array(y_min)))
+        return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
+
+    def approx(self, x, x_max):
+        table = _odd_table(self, self._x1, x_max)
+        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
+
     def spec(self):
         return {
             "type": "logicle",
@@ -428,6 +493,15 @@ class Hyperlog(Transform):
         y = np.where(np.isnan(flat), np.nan, y)
         return y.reshape(shape)
 
+    def lipschitz(self):
+        # EH' = a b e^(by) + c is increasing on y >= x1: its minimum is at x1.
+        slope = float(self._deh(np.array(self._x1)))
+        return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
+
+    def approx(self, x, x_max):
+        table = _odd_table(self, self._x1, x_max)
+        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
+
     def spec(self):
         return {
             "type": "hyperlog",
@@ -440,6 +514,100 @@ class Hyperlog(Transform):
 
     def __repr__(self) -> str:
         return f"Hyperlog(T={self.T:g}, W={self.W:g}, M={self.M:g}, A={self.A:g})"
+
+
+class OddTable:
+    """Piecewise-linear table of a transform that is odd about ``(0, center)``.
+
+    The interval of ``x`` is read from the top 16 bits of its float32 pattern
+    (sign, exponent and 7 mantissa bits: 128 intervals per octave), one shift and
+    no search; on each interval ``y = slope * x + offset`` (for ``x < 0`` the
+    mirror image, ``y(-x) = 2 center - y(x)``, folded into the offsets), so a
+    value costs two table reads, a multiply and an add. The nodes are ``0`` and
+    the float32 numbers ``2^e (1 + i/128)`` for ``e`` from -8 up to the octave
+    holding ``x_max``; ``|x| < 2^-8`` uses the chord from 0. Node values are the
+    transform's exact ``apply``.
+
+    :meth:`error` bounds ``|table(x) - apply(x)|`` for finite ``|x| <= x_max``:
+    twice the largest interpolation error measured at the middle of every
+    interval (the error of linear interpolation of a smooth function peaks near
+    the middle), plus the rounding of ``apply`` and of the interpolation itself
+    (float32 arithmetic for float32 ``x``, half the memory traffic).
+    """
+
+    MANTISSA_BITS = 7
+    MIN_EXPONENT = -8
+
+    def __init__(self, transform: Transform, center: float, x_max: float):
+        m, e_min = self.MANTISSA_BITS, self.MIN_EXPONENT
+        e_max = max(math.frexp(max(x_max, 1.0))[1], e_min + 1)  # 2^e_max > x_max
+        if e_max > 127:
+            raise ValueError("x_max beyond float32")
+        self.shift = 23 - m
+        first = (127 + e_min) << m  # (float32 bits >> shift) of 2^e_min
+        k = (e_max - e_min) << m  # intervals above 2^e_min
+        bits = ((np.arange(k + 1, dtype=np.int64) + first) << self.shift).astype(np.int32)
+        nodes = np.concatenate([[0.0], bits.view(np.float32).astype(np.float64)])
+        g = transform.apply(nodes) - center
+        mid = 0.5 * (nodes[:-1] + nodes[1:])
+        slope = np.diff(g) / np.diff(nodes)
+        chord = g[:-1] + (mid - nodes[:-1]) * slope
+        interp_err = np.abs(chord - (transform.apply(mid) - center))
+        intercept = g[:-1] - nodes[:-1] * slope  # y - center = intercept + slope |x|
+        self.x_max = float(nodes[-1])
+        self.center = float(center)
+        # Index = top 16 bits: [0, 2^15) positive x, [2^15, 2^16) negative x.
+        half = 1 << (31 - self.shift)
+        pos = np.empty(half, dtype=np.int64)
+        pos[: first + 1] = 0  # below 2^-8 (and 2^-8's own interval start): the chord
+        pos[first : first + k] = np.arange(1, k + 1)
+        pos[first + k :] = k  # beyond x_max: never used for |x| <= x_max
+        s = slope[pos]
+        c = intercept[pos]
+        self.slope = np.concatenate([s, s])
+        self.offset = np.concatenate([center + c, center - c])
+        self.slope32 = self.slope.astype(np.float32)
+        self.offset32 = self.offset.astype(np.float32)
+        big = float(np.abs(g).max() + np.abs(intercept).max()) + abs(center) + 1
+        self.err = 2.0 * float(interp_err.max()) + 16 * np.finfo(np.float64).eps * big
+        # float32: the rounded table (slope x_max and offset), the product and the sum,
+        # each within half an ulp of its magnitude, bounded by 8 ulp of big.
+        big32 = float((np.abs(slope) * nodes[1:] + np.abs(intercept)).max()) + abs(center) + 1
+        self.err32 = self.err + 8 * float(np.finfo(np.float32).eps) * big32
+
+    def error(self, dtype) -> float:
+        """Error bound of :meth:`__call__` for ``x`` of ``dtype``."""
+        return self.err32 if np.dtype(dtype) == np.float32 else self.err
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Table value at ``x`` (finite, ``|x| <= x_max``): float32 for float32 ``x``."""
+        x = np.asarray(x)
+        single = x.dtype == np.float32
+        x32 = x if single else x.astype(np.float32)
+        i = x32.view(np.uint32) >> np.uint32(self.shift)
+        if single:
+            y = self.slope32.take(i)
+            y *= x
+            y += self.offset32.take(i)
+            return y
+        y = self.slope.take(i)
+        y *= x
+        y += self.offset.take(i)
+        return y
+
+
+def _odd_table(transform: Transform, center: float, x_max: float) -> OddTable | None:
+    """The transform's cached :class:`OddTable` covering ``x_max`` (None if too wide)."""
+    if not (math.isfinite(x_max) and x_max < 2.0**100):
+        return None
+    table = getattr(transform, "_odd_table_cache", None)
+    if table is None or table.x_max < x_max:
+        with np.errstate(over="ignore", invalid="ignore"):
+            table = OddTable(transform, center, x_max)
+        if not math.isfinite(table.err):
+            return None
+        transform._odd_table_cache = table
+    return table
 
 
 @dataclass
