@@ -281,7 +281,18 @@ def _solve_increasing(f, df, target, lo, hi, y0, *, d2f=None, max_iter: int = 20
     return y
 
 
-class Logicle(Transform):
+class _MirroredAtX1(Transform):
+    """Base of the biexponential-type scales, odd-symmetric about their ``_x1``: their
+    fast approximation is a lookup table over one half (see :func:`_odd_table`)."""
+
+    _x1: float
+
+    def approx(self, x, x_max):
+        table = _odd_table(self, self._x1, x_max)
+        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
+
+
+class Logicle(_MirroredAtX1):
     """Logicle (biexponential) transform, Gating-ML 2.0 parameterisation.
 
     Parameters
@@ -395,10 +406,6 @@ class Logicle(Transform):
         slope = float(self._dbiexp(np.array(y_min)))
         return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
 
-    def approx(self, x, x_max):
-        table = _odd_table(self, self._x1, x_max)
-        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
-
     def spec(self):
         return {
             "type": "logicle",
@@ -413,7 +420,7 @@ class Logicle(Transform):
         return f"Logicle(T={self.T:g}, W={self.W:g}, M={self.M:g}, A={self.A:g})"
 
 
-class Hyperlog(Transform):
+class Hyperlog(_MirroredAtX1):
     """Hyperlog transform (Bagwell 2005), Gating-ML 2.0 parameterisation.
 
     ``x = EH(y) = a e^(by) + c y - f`` for ``y >= x1`` and ``EH(y) = -EH(2 x1 - y)``
@@ -497,10 +504,6 @@ class Hyperlog(Transform):
         # EH' = a b e^(by) + c is increasing on y >= x1: its minimum is at x1.
         slope = float(self._deh(np.array(self._x1)))
         return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
-
-    def approx(self, x, x_max):
-        table = _odd_table(self, self._x1, x_max)
-        return None if table is None else (table(x), table.error(np.asarray(x).dtype))
 
     def spec(self):
         return {
