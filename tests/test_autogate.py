@@ -314,3 +314,48 @@ def test_default_fallback_and_failure_flags(small_cohort):
     g = gate_one(fcs, template, sample_id=inp.sample_id)
     assert "fail" in g.flag("cd3")
     assert int(g.table.set_index("population").loc["cd3", "count"]) == 0
+
+
+def test_fitting_on_fast_estimates_matches_fitting_on_exact_values(
+    demo_cohort, templates_dir, monkeypatch
+):
+    """Large samples are fitted on the fast path's table values, small ones on exact
+    values: on the same files both give the same flags, params within 1e-4 of the
+    scale, and counts within 0.2% of the parent."""
+    import immuno.autogate as ag
+
+    sheet = (demo_cohort / "samples.tsv").read_text().splitlines()
+    rows = [dict(zip(sheet[0].split("\t"), r.split("\t"), strict=True)) for r in sheet[1:]]
+    templates = {p: load_template(templates_dir / f"{p.lower()}_cell.yaml") for p in "TB"}
+    fitted_fast = []
+
+    class Spy(ag.FastEventSpace):
+        def estimates(self, dims, rows=None):
+            fitted_fast.append(len(dims))
+            return super().estimates(dims, rows)
+
+    monkeypatch.setattr(ag, "FastEventSpace", Spy)
+    compared = 0
+    for r in rows[:: max(1, len(rows) // 12)]:
+        fcs = read_fcs(demo_cohort / r["fcs_path"])
+        t = templates[r["panel"]]
+        monkeypatch.setattr(ag, "FAST_MIN_EVENTS", 10**12)
+        exact = gate_one(fcs, t, sample_id=r["sample_id"])
+        monkeypatch.setattr(ag, "FAST_MIN_EVENTS", 0)
+        fast = gate_one(fcs, t, sample_id=r["sample_id"])
+        for pop, fit in exact.fits.items():
+            assert fast.fits[pop].flags == fit.flags, (r["sample_id"], pop)
+            assert fast.fits[pop].source == fit.source
+            for key, v in (fit.params or {}).items():
+                if isinstance(v, float):
+                    assert fast.fits[pop].params[key] == pytest.approx(v, rel=1e-3, abs=1e-4), (
+                        r["sample_id"],
+                        pop,
+                        key,
+                    )
+        a = exact.table.set_index("population")
+        b = fast.table.set_index("population")
+        slack = np.maximum(1, 0.002 * a["parent_count"])
+        assert (np.abs(a["count"] - b["count"]) <= slack).all(), r["sample_id"]
+        compared += 1
+    assert compared >= 10 and len(fitted_fast) >= 8 * compared

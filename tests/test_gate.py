@@ -565,6 +565,31 @@ def test_fast_space_in_place_of_event_space(force_fast):
     )
 
 
+def test_fast_estimates_are_within_the_fast_paths_error_bound():
+    """``estimates`` (what autogate fits on) differ from the exact values by no more
+    than the bound the fast path itself works with, on every dimension kind."""
+    s, fcs = _adversarial(np.float32)
+    space = FastEventSpace(fcs, s)
+    exact = EventSpace(fcs, s)
+    dims = sorted({d for g in s.gates.values() for d in g.dims}, key=lambda d: d.label())
+    assert len(dims) >= 3
+    rows = np.arange(0, fcs.n_events, 3)
+    for d in dims:
+        got = space.estimates((d,), rows)[:, 0]
+        want = exact.values((d,), rows)[:, 0]
+        _, err = space._transformed(d, rows)
+        assert got.dtype == np.float64 and got.shape == want.shape
+        assert np.all(np.abs(got - want) <= err + 1e-12), d.label()
+        # ... and the bound is tight enough to fit on: under 1e-4 of the value range.
+        assert err <= 1e-4 * max(np.ptp(want), 1e-9), (d.label(), err)
+    # Not usable (non-finite values): the exact values themselves.
+    fcs.events[3, 2] = np.nan
+    bad = FastEventSpace(fcs, s)
+    np.testing.assert_array_equal(
+        bad.estimates(dims[:2], rows), EventSpace(fcs, s).values(dims[:2], rows)
+    )
+
+
 def test_fast_path_is_the_default_for_large_samples(make_fcs):
     from immuno import gate as gate_mod
 

@@ -249,3 +249,40 @@ def test_save_figure_closes_pyplot_figures(cohort, tmp_path):
     reconstitution_axes(cohort, "cd8", ax=ax)
     save_figure(fig, tmp_path / "cd8.png")
     assert not plt.fignum_exists(fig.number)
+
+
+def test_gate_reviewer_reuses_figures_without_leftovers(demo_cohort, templates_dir, tmp_path):
+    """A reused review figure drawn for sample B after samples A and C (another panel)
+    is pixel for pixel the figure drawn for B alone: nothing of A is left on it."""
+    import matplotlib.image as mpimg
+
+    from immuno.autogate import gate_one, load_template
+    from immuno.plot import GateReviewer, gate_review_figure
+    from immuno.read import read_fcs
+
+    def gated(sample, panel):
+        fcs = read_fcs(demo_cohort / "fcs" / f"{sample}.fcs")
+        res = gate_one(
+            fcs, load_template(templates_dir / f"{panel.lower()}_cell.yaml"), sample_id=sample
+        )
+        return fcs, res.strategy, res.strategy.apply(fcs).masks
+
+    a, b, c = gated("P01_m0_T", "T"), gated("P02_m4.5_T", "T"), gated("P01_m0_B", "B")
+    flags = {"cd4": "few_events;borrowed_patient"}
+    reviewer = GateReviewer()
+    first = reviewer.figure(*a, title="A", flags=flags)
+    save_figure(first, tmp_path / "a.png", dpi=72, tight=False)
+    other = reviewer.figure(*c, title="C")
+    assert other is not first  # a B tube has fewer gates: its own layout
+    again = reviewer.figure(*b, title="B")
+    assert again is first
+    save_figure(again, tmp_path / "reused.png", dpi=72, tight=False)
+    save_figure(gate_review_figure(*b, title="B"), tmp_path / "fresh.png", dpi=72, tight=False)
+    reused, fresh = mpimg.imread(tmp_path / "reused.png"), mpimg.imread(tmp_path / "fresh.png")
+    assert reused.shape == fresh.shape
+    np.testing.assert_array_equal(reused, fresh)
+    assert not np.array_equal(mpimg.imread(tmp_path / "a.png"), fresh)
+    # Every gate is one panel; titles carry count and percent of parent.
+    titles = [ax.get_title() for ax in again.axes if ax.get_visible()]
+    assert len(titles) == sum(1 for g in b[1].gates.values() if g.dims)
+    assert all(" of " in t and "%" in t for t in titles)

@@ -35,10 +35,12 @@ import numpy as np
 
 from .errors import GatingFileError, ImmunoError
 from .gate import (
+    FAST_MIN_EVENTS,
     BooleanGate,
     Dimension,
     EllipseGate,
     EventSpace,
+    FastEventSpace,
     Gate,
     GatingResult,
     GatingStrategy,
@@ -216,10 +218,7 @@ def fit_mixture(
                 covs[j] = (resp[:, j, None] * diff).T @ diff / nk[j] + reg * np.eye(d)
             logp = np.empty((n, k))
             for j in range(k):
-                diff = X - means[j]
-                inv = np.linalg.inv(covs[j])
-                _sign, logdet = np.linalg.slogdet(covs[j])
-                md = np.einsum("ij,jk,ik->i", diff, inv, diff)
+                md, logdet = _mahalanobis(X, means[j], covs[j])
                 logp[:, j] = np.log(weights[j] + 1e-300) - 0.5 * (
                     md + logdet + d * np.log(2 * np.pi)
                 )
@@ -392,10 +391,10 @@ class MixtureCluster(Method):
         return int(cand[0])
 
     def realise(self, params, dims):
-        from scipy.stats import chi2
-
         cov = np.array([[params["cov_xx"], params["cov_xy"]], [params["cov_xy"], params["cov_yy"]]])
-        d2 = float(chi2.ppf(float(self.spec.params.get("coverage", 0.99)), df=2))
+        # The chi-square quantile with 2 degrees of freedom in closed form:
+        # P(d2 <= q) = 1 - exp(-q / 2)  =>  q = -2 ln(1 - coverage).
+        d2 = -2.0 * math.log1p(-float(self.spec.params.get("coverage", 0.99)))
         return EllipseGate(
             self.spec.name,
             _parent(self.spec),
@@ -961,11 +960,16 @@ def gate_one(
         return _apply_static(fcs, template, sample_id=sample_id, patient_id=patient_id)
     channel_map = template.panel.resolve(fcs, sample=sample_id)
     strategy = template.base_strategy()
-    space = EventSpace(fcs, strategy, dtype=np.float64)
+    n = fcs.n_events
+    # Gates are evaluated exactly either way; the fast space also gives cheap
+    # (table-transformed) values to fit on.
+    if n >= FAST_MIN_EVENTS:
+        space = FastEventSpace(fcs, strategy)
+    else:
+        space = EventSpace(fcs, strategy, dtype=np.float64)
     masks: dict[str, np.ndarray] = {}
     fits: dict[str, PopulationFit] = {}
     cache: dict = {}
-    n = fcs.n_events
     for spec in template.populations:
         dims = tuple(template.dimension(d, channel_map[d], spec.space) for d in spec.dims)
         parent_mask = masks.get(spec.parent) if spec.parent not in (None, "root") else None
@@ -1032,7 +1036,7 @@ def _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, bor
     if parent_n < max(spec.min_events, 1):
         return _fallback(spec, method, borrowed, "few_events")
     rows = None if parent_mask is None else np.flatnonzero(parent_mask)
-    X = space.values(dims, rows)
+    X = space.estimates(dims, rows)
     try:
         method.fit(X, cache)
     except FitFailure as exc:

@@ -408,18 +408,25 @@ def load_templates(panels: dict[str, str]) -> dict:
     return {name: load_gating(path, name=name) for name, path in panels.items()}
 
 
+#: One :class:`~immuno.plot.GateReviewer` per process (it keeps its figures).
+_REVIEWER = None
+
+
 def _review_one(args) -> str | None:
+    global _REVIEWER
     sample_id, fcs_path, gates_path, flags, out = args
     from .gatingml import load_gatingml
-    from .plot import gate_review_figure, save_figure
+    from .plot import GateReviewer, save_figure
     from .read import read_fcs
 
     try:
         strategy = load_gatingml(gates_path)
         fcs = read_fcs(fcs_path)
         masks = strategy.apply(fcs, sample_id=sample_id).masks
-        fig = gate_review_figure(fcs, strategy, masks, title=sample_id, flags=flags)
-        save_figure(fig, out, dpi=72)
+        if _REVIEWER is None:
+            _REVIEWER = GateReviewer()
+        fig = _REVIEWER.figure(fcs, strategy, masks, title=sample_id, flags=flags)
+        save_figure(fig, out, dpi=72, tight=False)
     except ImmunoError as exc:
         log.warning("no review figure for %s: %s", sample_id, exc)
         return sample_id
