@@ -26,7 +26,7 @@ from immuno.autogate import (
     tail_threshold,
 )
 from immuno.errors import GatingFileError
-from immuno.gate import Dimension
+from immuno.gate import Dimension, EllipseGate, PolygonGate
 from immuno.read import read_fcs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,19 +89,68 @@ def test_fit_mixture_recovers_components_deterministically():
     np.testing.assert_allclose(w1[order], [0.75, 0.25], atol=0.02)
 
 
-def test_mixture_picks_by_rules_and_realises_an_ellipse():
+def test_mixture_picks_by_rules_and_realises_the_inscribed_polygon():
     rng = np.random.default_rng(5)
-    lymph = rng.multivariate_normal([0.2, 0.3], np.diag([0.0005, 0.0008]), 4000)
+    lymph = rng.multivariate_normal([0.2, 0.3], [[0.0005, 0.0003], [0.0003, 0.0008]], 4000)
     mono = rng.multivariate_normal([0.35, 0.6], np.diag([0.001, 0.002]), 2000)
     X = np.vstack([lymph, mono])
     truth = np.r_[np.ones(4000, bool), np.zeros(2000, bool)]
     m = MixtureCluster(_spec("mixture", ["x", "y"], components=2, pick=[{"y": "min"}]))
     m.fit(X)
-    gate = m.realise(m.params_, (Dimension("x"), Dimension("y")))
+    dims = (Dimension("x"), Dimension("y"))
+    gate = m.realise(m.params_, dims)
+    assert isinstance(gate, PolygonGate) and len(gate.vertices) == 128
     inside = gate.contains(X)
     f1 = 2 * (inside & truth).sum() / (inside.sum() + truth.sum())
     assert f1 > 0.98
     assert abs(m.params_["mean_x"] - 0.2) < 0.01
+    # The vertices lie on the ellipse holding `coverage` (0.99) of the Gaussian ...
+    exact = MixtureCluster(
+        _spec("mixture", ["x", "y"], components=2, pick=[{"y": "min"}], shape="ellipse")
+    ).realise(m.params_, dims)
+    assert isinstance(exact, EllipseGate)
+    diff = gate.vertices - exact.mean
+    d2 = np.einsum("ij,jk,ik->i", diff, np.linalg.inv(exact.covariance), diff)
+    np.testing.assert_allclose(d2, -2 * np.log(0.01), rtol=1e-9)
+    # ... so the polygon is inside the ellipse and misses only a sliver of its rim.
+    dense = rng.uniform([0.0, 0.1], [0.4, 0.5], (200_000, 2))
+    in_poly, in_ell = gate.contains(dense), exact.contains(dense)
+    assert not np.any(in_poly & ~in_ell)
+    assert 0 < (in_ell & ~in_poly).sum() <= 0.001 * in_ell.sum()
+
+
+def test_ellipse_vertices_refuse_a_covariance_that_is_not_positive_definite():
+    from immuno.autogate import ellipse_vertices
+    from immuno.errors import GatingError
+
+    v = ellipse_vertices([1.0, 2.0], [[4.0, 0.0], [0.0, 1.0]], 1.0, n=4)
+    np.testing.assert_allclose(v, [[3, 2], [1, 3], [-1, 2], [1, 1]], atol=1e-12)
+    with pytest.raises(GatingError, match="positive definite"):
+        ellipse_vertices([0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], 1.0)
+
+
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"shape": "circle"}, "shape"),
+        ({"vertices": 3}, "vertices"),
+        ({"vertices": 12.5}, "vertices"),
+        ({"coverage": 1.0}, "coverage"),
+    ],
+)
+def test_template_with_bad_mixture_params_is_refused_at_load(params, field, tmp_path):
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "gates" / "t_cell.yaml").read_text())
+    for pop in doc["populations"]:
+        if pop["name"] == "lymphocytes":
+            pop["params"].update(params)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(GatingFileError) as exc:
+        load_template(path)
+    assert exc.value.field == f"populations.lymphocytes.params.{field}"
+    assert exc.value.file == str(path)
 
 
 def test_projection_cuts_along_the_diagonal():

@@ -23,14 +23,9 @@ PATIENTS = ["P01", "P02"]
 VISITS = [0.0, 4.5, 7.5]
 
 
-@pytest.fixture(scope="module")
-def gated(demo_cohort, templates_dir, tmp_path_factory):
-    """A few T and B samples gated like the workflow: ``(samples, counts)``.
-
-    ``samples`` has ``gated_samples``' columns (``gates`` = the Gating-ML file);
-    ``counts`` is ``sample_id, population, count`` of the realised gating.
-    """
-    from immuno.autogate import gate_one, load_template
+def _gate_demo(demo_cohort, templates, gates_dir):
+    """Gate PATIENTS x VISITS of the demo cohort like the workflow: ``(samples, counts)``."""
+    from immuno.autogate import gate_one
     from immuno.cohort import load_sample_sheet
     from immuno.export import gated_samples
     from immuno.gatingml import write_gatingml
@@ -38,8 +33,6 @@ def gated(demo_cohort, templates_dir, tmp_path_factory):
 
     sheet = load_sample_sheet(demo_cohort / "samples.tsv", ["T", "B"])
     sheet = sheet[sheet.patient_id.isin(PATIENTS) & sheet.visit_month.isin(VISITS)]
-    templates = {p: load_template(templates_dir / f"{p.lower()}_cell.yaml") for p in ("T", "B")}
-    gates_dir = tmp_path_factory.mktemp("gates")
     tables = []
     for row in sheet.itertuples():
         res = gate_one(
@@ -52,6 +45,19 @@ def gated(demo_cohort, templates_dir, tmp_path_factory):
         tables.append(res.table.assign(sample_id=row.sample_id))
     counts = pd.concat(tables, ignore_index=True)[["sample_id", "population", "count"]]
     return gated_samples(sheet, gates_dir), counts
+
+
+@pytest.fixture(scope="module")
+def gated(demo_cohort, templates_dir, tmp_path_factory):
+    """A few T and B samples gated with the shipped templates: ``(samples, counts)``.
+
+    ``samples`` has ``gated_samples``' columns (``gates`` = the Gating-ML file);
+    ``counts`` is ``sample_id, population, count`` of the realised gating.
+    """
+    from immuno.autogate import load_template
+
+    templates = {p: load_template(templates_dir / f"{p.lower()}_cell.yaml") for p in ("T", "B")}
+    return _gate_demo(demo_cohort, templates, tmp_path_factory.mktemp("gates"))
 
 
 def _ellipse_families(samples) -> dict[str, dict[str, str]]:
@@ -85,13 +91,12 @@ def _flowkit_counts(wsp: Path, fcs_paths) -> pd.DataFrame:
 
 
 def test_flowkit_regates_our_workspace_to_the_pipeline_counts(gated, tmp_path):
-    """FlowKit 1.3.2 opens the .wsp and, with its spillover matrices, counts what we count.
-
-    Rectangles, ranges and polygons: exactly. An ellipse population and those below it:
-    FlowKit replaces a FlowJo ellipse by its inscribed 128-gon, so it may miss events
-    on the rim: never more, and at most 0.1% of the ellipse's events (or one event).
-    """
+    """FlowKit 1.3.2 opens the .wsp and, with its spillover matrices, gates every
+    population of every sample to exactly the pipeline's count (the shipped templates
+    realise only rectangles, ranges and polygons; the lymphocyte mixture is a 128-gon)."""
     from immuno.export import export_flowjo
+    from immuno.gate import EllipseGate, PolygonGate
+    from immuno.gatingml import load_gatingml
     from immuno.read import read_fcs
 
     samples, counts = gated
@@ -101,6 +106,49 @@ def test_flowkit_regates_our_workspace_to_the_pipeline_counts(gated, tmp_path):
         counts, left_on=["sample_id", "gate_name"], right_on=["sample_id", "population"]
     )
     assert len(m) == len(counts)  # every population of every sample, once
+    diff = m[m.count_x != m.count_y]
+    assert diff.empty, diff[["sample_id", "population", "count_x", "count_y"]]
+    assert (m["count_y"] > 0).sum() >= 8 * len(samples)  # not a trivial agreement on zeros
+    for row in samples.itertuples():
+        st = load_gatingml(row.gates)
+        assert isinstance(st.gates["lymphocytes"], PolygonGate)
+        assert not any(isinstance(g, EllipseGate) for g in st.gates.values())
+    # The per-sample spillover matrix is in the workspace (FlowKit's exporter omits it).
+    for row in samples.head(3).itertuples():
+        fcs = read_fcs(row.fcs_path)
+        dets, spill = fcs.spillover()
+        comp = ws.get_comp_matrix(Path(row.fcs_path).name)
+        assert list(comp.detectors) == dets
+        np.testing.assert_array_equal(comp.matrix, spill)
+
+
+def test_flowkit_on_an_ellipse_gate_misses_only_rim_events(demo_cohort, templates_dir, tmp_path):
+    """With ``shape: ellipse`` the realised lymphocyte gate is an exact ellipse, which
+    FlowKit replaces by its inscribed 128-gon: it can only miss events on the rim, at
+    most 0.1% of the ellipse's events (or one event); every other population is exact."""
+    import yaml
+
+    from immuno.autogate import load_template
+    from immuno.export import export_flowjo
+
+    templates = {}
+    for p in ("T", "B"):
+        doc = yaml.safe_load((templates_dir / f"{p.lower()}_cell.yaml").read_text())
+        for pop in doc["populations"]:
+            if pop["name"] == "lymphocytes":
+                pop["params"]["shape"] = "ellipse"
+        path = tmp_path / f"{p}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        templates[p] = load_template(path)
+    gates_dir = tmp_path / "gates"
+    gates_dir.mkdir()
+    samples, counts = _gate_demo(demo_cohort, templates, gates_dir)
+    wsp = export_flowjo(samples, tmp_path / "cohort.wsp")
+    report, _ = _flowkit_counts(wsp, samples.fcs_path)
+    m = report.merge(
+        counts, left_on=["sample_id", "gate_name"], right_on=["sample_id", "population"]
+    )
+    assert len(m) == len(counts)
     ours = counts.set_index(["sample_id", "population"])["count"]
     families = _ellipse_families(samples)
     exact = rim = 0
@@ -114,13 +162,6 @@ def test_flowkit_regates_our_workspace_to_the_pipeline_counts(gated, tmp_path):
             assert 0 <= r.count_y - r.count_x <= slack, (r.sample_id, r.population)
             rim += 1
     assert exact >= 4 * len(samples) and rim >= 3 * len(samples)
-    # The per-sample spillover matrix is in the workspace (FlowKit's exporter omits it).
-    for row in samples.head(3).itertuples():
-        fcs = read_fcs(row.fcs_path)
-        dets, spill = fcs.spillover()
-        comp = ws.get_comp_matrix(Path(row.fcs_path).name)
-        assert list(comp.detectors) == dets
-        np.testing.assert_array_equal(comp.matrix, spill)
 
 
 def test_our_flowjo_reader_reads_the_workspace_back_exactly(gated, tmp_path):

@@ -119,7 +119,7 @@ def test_a_panel_of_fixed_gates_lists_them(demo_cohort, templates_dir, tmp_path,
     text = methods_text(config, config["panels"])
     _check_rst(text)
     assert "Fixed gates from the Gating-ML 2.0 file ``P01_m0_B.xml``" in text
-    assert "``lymphocytes``: ellipse on FSC-A" in text
+    assert "``lymphocytes``: polygon on FSC-A" in text
     assert "``singlets``: polygon" in text
     for pop in res.strategy.gates:
         assert _item(text, pop)

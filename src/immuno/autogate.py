@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GatingFileError, ImmunoError
+from .errors import GatingError, GatingFileError, ImmunoError
 from .gate import (
     FAST_MIN_EVENTS,
     BooleanGate,
@@ -253,6 +253,11 @@ class Method:
         """Scalar summaries of params for the cohort QC view and guard rails."""
         return {k: float(v) for k, v in params.items() if isinstance(v, int | float)}
 
+    @classmethod
+    def check_params(cls, params: dict) -> tuple[str, str] | None:
+        """``(param, problem)`` if the template's params cannot work, else None."""
+        return None
+
 
 def _sides(spec: PopulationSpec) -> list[str]:
     sel = spec.params.get("select", ["+"] * len(spec.dims))
@@ -333,6 +338,25 @@ class TailCut(ThresholdMethod):
         return tail_threshold(x, k=float(p.get("k") or 3.0))
 
 
+def ellipse_vertices(mean, cov, distance_square: float, n: int = 128) -> np.ndarray:
+    """``n`` points on the ellipse ``(x - mean)' cov^-1 (x - mean) = distance_square``.
+
+    Equally spaced in angle on the ellipse's principal axes, starting at the end
+    of the major axis: the vertices of the inscribed polygon, in the units of
+    ``mean`` (gate space). ``cov`` must be positive definite.
+    """
+    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    if not np.all(vals > 0):
+        raise GatingError(
+            f"the ellipse covariance {np.asarray(cov).tolist()} is not positive definite",
+            hint="check the population's default or borrowed cov_xx, cov_xy, cov_yy",
+        )
+    order = np.argsort(vals)[::-1]
+    axes = vecs[:, order] * np.sqrt(vals[order] * float(distance_square))
+    t = 2.0 * np.pi * np.arange(n) / n
+    return np.asarray(mean, dtype=np.float64) + np.column_stack([np.cos(t), np.sin(t)]) @ axes.T
+
+
 class MixtureCluster(Method):
     """2-D Gaussian mixture; keep the component chosen by ``pick``.
 
@@ -341,8 +365,16 @@ class MixtureCluster(Method):
     component whose mean is nearest), ``min_weight`` (components lighter than
     this are ignored when picking, default 0.02), ``coverage`` (the realised
     ellipse holds this fraction of the chosen Gaussian, default 0.99),
-    ``max_events`` (subsample for fitting, default 5000), ``random_state``.
-    The realised gate is an ellipse in gate space.
+    ``max_events`` (subsample for fitting, default 5000), ``random_state``,
+    ``shape`` (``polygon``, the default, or ``ellipse``) and ``vertices`` (128).
+
+    The realised gate is, by default, the polygon inscribed in that ellipse
+    (gate space) through ``vertices`` points equally spaced in angle on it (area
+    0.04% smaller at 128 vertices). A polygon is what every consumer of the
+    exports evaluates identically: FlowKit replaces a FlowJo ellipse by its own
+    128-gon and FlowJo decides ellipses on its binned display, so a realised
+    ellipse would be counted a few rim events differently outside the pipeline.
+    ``shape: ellipse`` keeps the exact ellipse.
     """
 
     n_dims = (2,)
@@ -391,18 +423,35 @@ class MixtureCluster(Method):
         return int(cand[0])
 
     def realise(self, params, dims):
+        p = self.spec.params
+        mean = np.array([params["mean_x"], params["mean_y"]])
         cov = np.array([[params["cov_xx"], params["cov_xy"]], [params["cov_xy"], params["cov_yy"]]])
         # The chi-square quantile with 2 degrees of freedom in closed form:
         # P(d2 <= q) = 1 - exp(-q / 2)  =>  q = -2 ln(1 - coverage).
-        d2 = -2.0 * math.log1p(-float(self.spec.params.get("coverage", 0.99)))
-        return EllipseGate(
-            self.spec.name,
-            _parent(self.spec),
-            dims,
-            mean=np.array([params["mean_x"], params["mean_y"]]),
-            covariance=cov,
-            distance_square=d2,
-        )
+        d2 = -2.0 * math.log1p(-float(p.get("coverage", 0.99)))
+        if p.get("shape", "polygon") == "ellipse":
+            return EllipseGate(
+                self.spec.name,
+                _parent(self.spec),
+                dims,
+                mean=mean,
+                covariance=cov,
+                distance_square=d2,
+            )
+        verts = ellipse_vertices(mean, cov, d2, int(p.get("vertices", 128)))
+        return PolygonGate(self.spec.name, _parent(self.spec), dims, vertices=verts)
+
+    @classmethod
+    def check_params(cls, params):
+        if params.get("shape", "polygon") not in ("polygon", "ellipse"):
+            return "shape", f"{params['shape']!r} is not polygon or ellipse"
+        v = params.get("vertices", 128)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 8:
+            return "vertices", f"{v!r} is not a whole number of at least 8"
+        c = params.get("coverage", 0.99)
+        if not isinstance(c, int | float) or not 0 < c < 1:
+            return "coverage", f"{c!r} is not a fraction between 0 and 1"
+        return None
 
     def thresholds(self, params):
         return {"mean_x": params["mean_x"], "mean_y": params["mean_y"]}
@@ -773,6 +822,14 @@ def load_template(path: str | Path) -> Template:
                     )
         else:
             _sides(spec) if issubclass(METHODS[method], ThresholdMethod) else None
+            bad = METHODS[method].check_params(spec.params)
+            if bad:
+                raise GatingFileError(
+                    f"{method} param {bad[0]}: {bad[1]}",
+                    file=src,
+                    field=f"{where}.params.{bad[0]}",
+                    hint="see gates/README.md",
+                )
         pops.append(spec)
         seen.add(pname)
     return Template(

@@ -146,8 +146,13 @@ def _method_text(template, spec) -> str:
             "covariances) fitted by EM from two k-means++ starts, the more likely kept "
             f"(deterministic: random_state {int(p.get('random_state', 0))}), to at most "
             f"{int(p.get('max_events', 5000))} events of the parent; {chosen}, among components "
-            f"weighing at least {_fmt(float(p.get('min_weight', 0.02)))}; realised as the "
-            f"ellipse holding {_fmt(float(p.get('coverage', 0.99)))} of that Gaussian "
+            f"weighing at least {_fmt(float(p.get('min_weight', 0.02)))}; realised as "
+            + (
+                "the ellipse"
+                if p.get("shape", "polygon") == "ellipse"
+                else f"the {int(p.get('vertices', 128))}-vertex polygon inscribed in the ellipse"
+            )
+            + f" holding {_fmt(float(p.get('coverage', 0.99)))} of that Gaussian "
             f"(chi-square quantile, 2 degrees of freedom). Coordinates: {units}."
         )
     if m == "singlets":
