@@ -541,6 +541,18 @@ def test_fast_path_equals_exact_on_events_at_the_boundaries(dtype, force_fast):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_blocks_gated_in_threads_give_the_same_masks(force_fast):
+    """``apply(threads=3)`` gates the 997-event blocks concurrently (shared polygon
+    grids and transform tables built by whichever block comes first): same masks."""
+    s, fcs = _adversarial(np.float32, seed=2)
+    assert fcs.n_events > 5 * 997
+    exact = s.apply(fcs, fast=False)
+    for threads in (3, 8):
+        got = s.apply(fcs, threads=threads)
+        for pop in exact.masks:
+            np.testing.assert_array_equal(got.masks[pop], exact.masks[pop], err_msg=pop)
+
+
 def test_fast_path_falls_back_on_non_finite_values(force_fast):
     s, fcs = _adversarial(np.float32, seed=1)
     fcs.events[5, 3] = np.nan

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import ImmunoError
@@ -30,7 +31,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_apply_gates(args: argparse.Namespace) -> int:
     from .gatingml import apply_gates_to_file
 
-    apply_gates_to_file(args.gates, args.fcs, sample_id=args.sample_id, out=args.out)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    apply_gates_to_file(
+        args.gates, args.fcs, sample_id=args.sample_id, out=args.out, threads=threads
+    )
     return 0
 
 
@@ -54,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fcs", required=True, help="FCS file")
     s.add_argument("--sample-id", default=None, help="sample id (default: file name stem)")
     s.add_argument("--out", required=True, help="output folder: counts.tsv, membership.csv.gz")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="blocks of events gated at once (default 0: one per available CPU)",
+    )
     s.set_defaults(func=_cmd_apply_gates)
     return p
 

@@ -822,6 +822,7 @@ def apply_gates_to_file(
     *,
     sample_id: str | None = None,
     out: str | os.PathLike,
+    threads: int = 1,
 ) -> None:
     """Apply a gating file to one FCS file and write counts and memberships.
 
@@ -839,6 +840,9 @@ def apply_gates_to_file(
     out
         Output folder; gets ``counts.tsv`` and ``membership.csv.gz``
         (see :func:`write_gating_result`).
+    threads
+        Blocks of events gated at once (see :meth:`GatingStrategy.apply`); the
+        counts do not depend on it.
     """
     from .read import read_fcs
 
@@ -871,7 +875,7 @@ def apply_gates_to_file(
             ) from None
         strategy = strategy_for_file(gpath, data)
     try:
-        result = strategy.apply(data, sample_id=sid)
+        result = strategy.apply(data, sample_id=sid, threads=threads)
     except GatingError as exc:
         if exc.sample is None:
             exc.sample = sid
