@@ -65,6 +65,7 @@ def get_final_outputs():
         "results/figures/cohort_qc.png",
         "results/review",
         "results/provenance.json",
+        "results/provenance.html",
         "results/methods.rst",
         "results/exports/cohort.wsp",
         *expand("results/exports/{panel}.h5ad", panel=list(config["panels"])),

@@ -8,13 +8,39 @@ rule write_provenance:
         fcs=get_fcs_files(),
         counts="results/counts.tsv",
     output:
-        "results/provenance.json",
+        report(
+            "results/provenance.json",
+            caption="../report/provenance_json.rst",
+            category="Provenance",
+        ),
     log:
         "logs/write_provenance.log",
+    benchmark:
+        "results/benchmarks/write_provenance.tsv"
     conda:
         "../../envs/immuno.yaml"
     script:
         "../scripts/write_provenance.py"
+
+
+rule render_provenance:
+    input:
+        provenance="results/provenance.json",
+        counts="results/counts.tsv",
+    output:
+        report(
+            "results/provenance.html",
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+    log:
+        "logs/render_provenance.log",
+    benchmark:
+        "results/benchmarks/render_provenance.tsv"
+    conda:
+        "../../envs/immuno.yaml"
+    script:
+        "../scripts/render_provenance.py"
 
 
 rule write_methods:
@@ -28,6 +54,8 @@ rule write_methods:
         ),
     log:
         "logs/write_methods.log",
+    benchmark:
+        "results/benchmarks/write_methods.tsv"
     conda:
         "../../envs/immuno.yaml"
     params:
@@ -47,6 +75,8 @@ rule export_flowjo:
         "results/exports/cohort.wsp",
     log:
         "logs/export_flowjo.log",
+    benchmark:
+        "results/benchmarks/export_flowjo.tsv"
     conda:
         "../../envs/immuno.yaml"
     resources:
@@ -65,6 +95,8 @@ rule export_anndata:
         "results/exports/{panel}.h5ad",
     log:
         "logs/export_anndata/{panel}.log",
+    benchmark:
+        "results/benchmarks/export_anndata/{panel}.tsv"
     wildcard_constraints:
         panel="|".join(re.escape(p) for p in config["panels"]),
     conda:
@@ -86,6 +118,8 @@ rule export_gated_fcs:
         directory("results/exports/gated_fcs"),
     log:
         "logs/export_gated_fcs.log",
+    benchmark:
+        "results/benchmarks/export_gated_fcs.tsv"
     conda:
         "../../envs/immuno.yaml"
     params:

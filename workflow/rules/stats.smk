@@ -5,20 +5,22 @@ rule test_changes:
         by_group=report(
             "results/stats/paired_by_group.tsv",
             caption="../report/stats.rst",
-            category="Statistics",
+            category="Statistical tests",
         ),
         pooled=report(
             "results/stats/paired_pooled.tsv",
             caption="../report/stats.rst",
-            category="Statistics",
+            category="Statistical tests",
         ),
         between=report(
             "results/stats/between_groups.tsv",
             caption="../report/stats.rst",
-            category="Statistics",
+            category="Statistical tests",
         ),
     log:
         "logs/test_changes.log",
+    benchmark:
+        "results/benchmarks/test_changes.tsv"
     conda:
         "../../envs/immuno.yaml"
     params:
