@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/cohort.py [--out benchmarks/out/cohort] [--events 300000]
-        [--cores 2] [--seed 1] [--profile-samples 2]
+        [--cores 2] [--seed 1] [--profile-samples 2] [--scaling 3,6,12]
 
 1. Simulates the cohort (``immuno simulate --out OUT/data --events N``) unless
    ``OUT/data/samples.tsv`` exists (timed when it runs).
@@ -15,9 +15,12 @@ Usage::
    largest child's peak RSS; then ``snakemake --report results/report.html``
    (timed the same way): FCS to report is the sum.
 3. Reports per rule the wall time between its start and its finish in the
-   snakemake log, ``gate_samples``' own ``benchmark:`` line, and the events per
-   second over all FCS files.
-4. Profiles ``--profile-samples`` single samples in this process
+   snakemake log and the largest job's peak RSS (each rule's ``benchmark:``
+   file), and the events per second over all FCS files.
+4. With ``--scaling``: the same on the first k patients' files for each k, in
+   fresh copies ``OUT/run_k``: FCS-to-report time and largest job against the
+   number of files, with a least-squares line.
+5. Profiles ``--profile-samples`` single samples in this process
    (:func:`immuno.autogate.gate_one` as ``gate_samples`` runs it, under
    cProfile), to show where a sample's gating time goes.
 
@@ -38,6 +41,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -133,6 +138,95 @@ def profile_samples(sheet: Path, count: int) -> str:
     return "\n".join(out)
 
 
+def max_channels(fcs: list[Path]) -> int:
+    """``$PAR`` of the first file (all files of the simulated cohort have the same)."""
+    from immuno.read import read_text
+
+    _, text = read_text(fcs[0])
+    return int(text["$PAR"])
+
+
+def job_memory(results: Path) -> dict[str, tuple[int, float]]:
+    """Per rule: (number of jobs, largest ``max_rss`` MiB) from its ``benchmark:`` files."""
+    out: dict[str, tuple[int, float]] = {}
+    for path in sorted((results / "benchmarks").rglob("*.tsv")):
+        rule = path.relative_to(results / "benchmarks").parts[0].removesuffix(".tsv")
+        lines = path.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        head = lines[0].split("\t")
+        row = dict(zip(head, lines[-1].split("\t"), strict=False))
+        try:
+            rss = float(row.get("max_rss", "nan"))
+        except ValueError:
+            rss = float("nan")
+        jobs, top = out.get(rule, (0, float("nan")))
+        out[rule] = (jobs + 1, rss if not top >= rss else top)
+    return out
+
+
+def run_cohort(sheet: Path, run: Path, out: Path, cores: int, bin_dir: Path) -> dict:
+    """The workflow on ``sheet`` in a fresh copy ``run``, then its report; figures."""
+    copy_workflow(run)
+    tag = run.name
+    log = out / f"snakemake_{tag}.log"
+    cmd = [str(bin_dir / "snakemake"), "--cores", str(cores), "--config", f"samples={sheet}"]
+    wall, cpu, rss = timed(cmd, run, log)
+    report = [*cmd, "--report", "results/report.html"]
+    r_wall, r_cpu, _ = timed(report, run, out / f"report_{tag}.log")
+    return {
+        "cmd": cmd,
+        "wall": wall,
+        "cpu": cpu,
+        "rss": rss,
+        "report_wall": r_wall,
+        "report_cpu": r_cpu,
+        "report_mib": (run / "results" / "report.html").stat().st_size / 2**20,
+        "rules": rule_times(log),
+        "memory": job_memory(run / "results"),
+    }
+
+
+def scaling(args, sheet: Path, out: Path, bin_dir: Path, n_all: int, t_all: float) -> str:
+    """The workflow on the first k patients of the cohort (k from ``--scaling``): time
+    and the largest job's memory against the number of files, with a least-squares line."""
+    import csv
+
+    rows = list(csv.DictReader(sheet.open(), delimiter="\t"))
+    patients = list(dict.fromkeys(r["patient_id"] for r in rows))
+    points = []
+    lines = [
+        "| patients | files | events (M) | FCS to report s | CPU s | largest job MiB |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in args.scaling:
+        keep = set(patients[:k])
+        sub = [r for r in rows if r["patient_id"] in keep]
+        path = out / "data" / f"samples_{k}_patients.tsv"
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+            w.writeheader()
+            w.writerows(sub)
+        res = run_cohort(path, out / f"run_{k}", out, args.cores, bin_dir)
+        total = res["wall"] + res["report_wall"]
+        top = max((m for _, m in res["memory"].values() if m == m), default=float("nan"))
+        points.append((len(sub), total, top))
+        lines.append(
+            f"| {k} | {len(sub)} | {len(sub) * args.events / 1e6:.1f} | {total:.0f} | "
+            f"{res['cpu'] + res['report_cpu']:.0f} | {top:.0f} |"
+        )
+    x = np.array([p[0] for p in points], dtype=float)
+    y = np.array([p[1] for p in points], dtype=float)
+    slope, icept = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - (icept + slope * x)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
+    lines.append(
+        f"\nTime = {icept:.1f} s + {slope:.3f} s per file (R^2 {r2:.3f}; "
+        f"the full cohort, {n_all} files, measured {t_all:.0f} s, line says "
+        f"{icept + slope * n_all:.0f} s)."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -140,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--profile-samples", type=int, default=2)
+    ap.add_argument(
+        "--scaling",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="also run the first k patients for each k (e.g. 3,6,12): time vs files",
+    )
     args = ap.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -166,33 +266,34 @@ def main(argv: list[str] | None = None) -> int:
     fcs = sorted((data / "fcs").glob("*.fcs"))
     size = sum(p.stat().st_size for p in fcs)
     print(f"{len(fcs)} FCS files, {size / 2**30:.2f} GiB, {len(fcs) * args.events:,} events\n")
-    run = out / "run"
-    copy_workflow(run)
-    log = out / "snakemake.log"
-    cmd = [str(bin_dir / "snakemake"), "--cores", str(args.cores), "--config", f"samples={sheet}"]
-    print(f"command (in {run}): `{' '.join(cmd)}`\n")
-    wall, cpu, rss = timed(cmd, run, log)
+    res = run_cohort(sheet, out / "run", out, args.cores, bin_dir)
+    wall, r_wall = res["wall"], res["report_wall"]
+    print(f"command (in {out / 'run'}): `{' '.join(res['cmd'])}`\n")
     print(
-        f"**workflow: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} s CPU, "
-        f"largest process {rss:.0f} MiB**; {len(fcs) * args.events / wall:,.0f} events/s\n"
+        f"**workflow: {wall:.0f} s wall ({wall / 60:.1f} min), {res['cpu']:.0f} s CPU, "
+        f"largest process {res['rss']:.0f} MiB**; {len(fcs) * args.events / wall:,.0f} events/s\n"
     )
-    report = [*cmd, "--report", "results/report.html"]
-    r_wall, r_cpu, r_rss = timed(report, run, out / "report.log")
-    size = (run / "results" / "report.html").stat().st_size / 2**20
     print(
-        f"report (`{' '.join(report[1:])}`): {r_wall:.0f} s wall, {r_cpu:.0f} s CPU, "
-        f"{r_rss:.0f} MiB, report.html {size:.1f} MiB\n"
+        f"report (`--report results/report.html`): {r_wall:.0f} s wall, "
+        f"{res['report_cpu']:.0f} s CPU, report.html {res['report_mib']:.1f} MiB\n"
     )
     print(
         f"**FCS to report: {wall + r_wall:.0f} s ({(wall + r_wall) / 60:.1f} min)** "
         f"(target: under 180 s)\n"
     )
-    print("| rule | wall s (start to finish, summed over its jobs) |\n|---|---:|")
-    for rule, secs in sorted(rule_times(log).items(), key=lambda kv: -kv[1]):
-        print(f"| {rule} | {secs:.0f} |")
-    bench = run / "results" / "benchmarks" / "gate_samples.tsv"
-    if bench.exists():
-        print(f"\n`gate_samples` benchmark: \n```\n{bench.read_text().strip()}\n```\n")
+    matrix = args.events * max_channels(fcs) * 4 / 2**20
+    print("| rule | jobs | wall s (summed over its jobs) | peak RSS MiB (largest job) |")
+    print("|---|---:|---:|---:|")
+    for rule, secs in sorted(res["rules"].items(), key=lambda kv: -kv[1]):
+        jobs, mem = res["memory"].get(rule, (0, float("nan")))
+        print(f"| {rule} | {jobs or ''} | {secs:.0f} | {mem:.0f} |")
+    print(
+        f"\nLargest event matrix: {args.events:,} events x {max_channels(fcs)} channels, "
+        f"float32: {matrix:.1f} MiB (peak RSS from each rule's `benchmark:` file: the job's "
+        "process tree, interpreter and libraries included).\n"
+    )
+    if args.scaling:
+        print(scaling(args, sheet, out, bin_dir, len(fcs), wall + r_wall))
     if args.profile_samples:
         print(profile_samples(sheet, args.profile_samples))
     return 0

@@ -6,6 +6,8 @@ rule check_inputs:
         "results/qc/input_check.tsv",
     log:
         "logs/check_inputs.log",
+    benchmark:
+        "results/benchmarks/check_inputs.tsv"
     conda:
         "../../envs/immuno.yaml"
     script:
@@ -53,6 +55,8 @@ rule count_cohort:
         ),
     log:
         "logs/count_cohort.log",
+    benchmark:
+        "results/benchmarks/count_cohort.tsv"
     conda:
         "../../envs/immuno.yaml"
     script:

@@ -11,6 +11,8 @@ rule plot_reconstitution:
         pdf="results/figures/reconstitution.pdf",
     log:
         "logs/plot_reconstitution.log",
+    benchmark:
+        "results/benchmarks/plot_reconstitution.tsv"
     conda:
         "../../envs/immuno.yaml"
     params:
@@ -35,6 +37,8 @@ rule plot_gate_review:
         ),
     log:
         "logs/plot_gate_review.log",
+    benchmark:
+        "results/benchmarks/plot_gate_review.tsv"
     conda:
         "../../envs/immuno.yaml"
     threads: 64
@@ -53,6 +57,8 @@ rule plot_cohort_qc:
         ),
     log:
         "logs/plot_cohort_qc.log",
+    benchmark:
+        "results/benchmarks/plot_cohort_qc.tsv"
     conda:
         "../../envs/immuno.yaml"
     script:
