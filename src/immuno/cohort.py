@@ -366,6 +366,24 @@ def gate_cohort(
             t.insert(0, "sample_id", res.sample_id)
             tables.append(t)
         params.append(realised_params([r for r in results if r.error is None], template))
+        timed = sorted(
+            {
+                g.id
+                for r in results
+                if r.error is None
+                for g in r.strategy.gates.values()
+                if any(d.channel.strip().lower() == "time" for d in g.dims)
+            }
+        )
+        if timed:
+            log.warning(
+                "panel %s: gates on the Time channel (%s) in results/gates/*.xml hold time as "
+                "Gating-ML defines it (stored value / $PnG); FlowKit also multiplies it by "
+                "$TIMESTEP, so FlowKit gates these populations on another scale (the FlowJo "
+                "export corrects for it)",
+                panel,
+                ", ".join(timed),
+            )
     cols = [
         "sample_id",
         "population",
@@ -382,19 +400,16 @@ def gate_cohort(
 
 
 def _export_gates(res, path: Path) -> None:
-    """Write the realised gates of one sample as Gating-ML 2.0 (atomically)."""
+    """Write the realised gates of one sample as Gating-ML 2.0 (atomically).
+
+    The per-file note on Time gates is logged once per cohort by
+    :func:`gate_cohort` instead (it is the same for every sample).
+    """
+    from .gatingml import write_gatingml
     from .util import atomic_path
 
-    try:
-        from .gatingml import write_gatingml
-    except ImportError:  # the exporter is optional until it lands
-        import json
-
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({p: f.params for p, f in res.fits.items()}, indent=1))
-        return
     with atomic_path(path) as tmp:
-        write_gatingml(res.strategy, tmp)
+        write_gatingml(res.strategy, tmp, warn_time=False)
 
 
 def load_templates(panels: dict[str, str]) -> dict:

@@ -630,7 +630,9 @@ def _name_info(el: ET.Element, name: str) -> None:
     ET.SubElement(ci, f"{{{IMMUNO_NS}}}name").text = name
 
 
-def write_gatingml(strategy: GatingStrategy, path: str | os.PathLike) -> None:
+def write_gatingml(
+    strategy: GatingStrategy, path: str | os.PathLike, *, warn_time: bool = True
+) -> None:
     """Write ``strategy`` as a Gating-ML 2.0 file (atomically: temp file + rename).
 
     Rectangles (and ranges/quadrants), polygons, ellipses and boolean gates are
@@ -643,7 +645,8 @@ def write_gatingml(strategy: GatingStrategy, path: str | os.PathLike) -> None:
     decoded, divided by ``$PnG``): a strategy whose :attr:`scaling` is ``"raw"``
     means the same only on files with linear channels and ``$PnG = 1``. FlowKit
     reads such a file and gates it identically, except on a ``Time`` channel,
-    which FlowKit also multiplies by ``$TIMESTEP`` (a warning is logged).
+    which FlowKit also multiplies by ``$TIMESTEP`` (a warning is logged unless
+    ``warn_time`` is False; the FlowJo export corrects for it).
 
     Raises
     ------
@@ -673,7 +676,7 @@ def write_gatingml(strategy: GatingStrategy, path: str | os.PathLike) -> None:
                     raise GatingError(f"unknown compensation {c!r}", field=c)
                 used_c.append(c)
     timed = sorted({g.id for g in order for d in g.dims if d.channel.strip().lower() == "time"})
-    if timed:
+    if timed and warn_time:
         log.warning(
             "%s: %s gate(s) on the Time channel (%s). Gating-ML time values are the stored "
             "ones divided by $PnG; FlowKit also multiplies them by $TIMESTEP, so FlowKit "
