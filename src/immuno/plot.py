@@ -625,37 +625,39 @@ def _limits(v: np.ndarray) -> tuple[float, float]:
     return float(lo - pad), float(hi + pad)
 
 
-def _draw_gate(ax, gate, color: str = "#D55E00") -> list:
-    """Draw ``gate`` on ``ax`` in its own space; return the artists added."""
+def _draw_gate(ax, gate, xlim, ylim, color: str = "#D55E00") -> list:
+    """Draw ``gate`` on ``ax`` in its own space; return the artists added.
+
+    ``xlim``/``ylim`` are the axes' limits (data units): a rectangle's sides are
+    drawn across them. Artists are added without updating the axes' data limits
+    (the caller sets the limits), which keeps a reused figure cheap to redraw.
+    """
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse, Polygon
 
     from .gate import EllipseGate, PolygonGate, RectangleGate
 
-    artists = []
+    style = {"color": color, "lw": 1.2}
+    shapes = []
     if isinstance(gate, RectangleGate):
         for j, (lo, hi) in enumerate(zip(gate.mins, gate.maxs, strict=False)):
             for v in (lo, hi):
                 if v is None or not np.isfinite(v):
                     continue
-                artists.append((ax.axvline if j == 0 else ax.axhline)(v, color=color, lw=1.2))
+                xy = ([v, v], list(ylim)) if j == 0 else (list(xlim), [v, v])
+                shapes.append(Line2D(*xy, **style))
     elif isinstance(gate, PolygonGate):
-        artists.append(
-            ax.add_patch(
-                Polygon(np.asarray(gate.vertices), closed=True, fill=False, ec=color, lw=1.2)
-            )
-        )
+        shapes.append(Polygon(np.asarray(gate.vertices), closed=True, fill=False, ec=color, lw=1.2))
     elif isinstance(gate, EllipseGate):
         vals, vecs = np.linalg.eigh(np.asarray(gate.covariance, dtype=float))
         width, height = 2 * np.sqrt(vals * gate.distance_square)
         angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
-        artists.append(
-            ax.add_patch(
-                Ellipse(
-                    gate.mean, width=height, height=width, angle=angle, fill=False, ec=color, lw=1.2
-                )
+        shapes.append(
+            Ellipse(
+                gate.mean, width=height, height=width, angle=angle, fill=False, ec=color, lw=1.2
             )
         )
-    return artists
+    return [ax.add_artist(a) for a in shapes]
 
 
 def gate_review_figure(
@@ -745,6 +747,8 @@ class GateReviewer:
         reuse: bool = True,
     ):
         """The review figure of one sample (arguments as :func:`gate_review_figure`)."""
+        from matplotlib.patches import StepPatch
+
         from .gate import FAST_MIN_EVENTS, BooleanGate, EventSpace, FastEventSpace
 
         names = names or {c: (m or c) for c, m in zip(fcs.channels, fcs.markers, strict=True)}
@@ -790,11 +794,19 @@ class GateReviewer:
                 xl = _limits(vals[:, 0])
                 h, edges = np.histogram(vals[:, 0], bins=128, range=xl)
                 yl = (0.0, 1.05 * float(h.max()) if h.max() > 0 else 1.0)
-                artists.append(ax.stairs(h, edges, fill=True, color="#4C72B0", alpha=0.8))
+                # A StepPatch added as an artist: the limits are set below, so the
+                # axes need not scan the patch's path for data limits (as stairs() does).
+                artists.append(
+                    ax.add_artist(
+                        StepPatch(
+                            h, edges, fill=True, facecolor="#4C72B0", edgecolor="none", alpha=0.8
+                        )
+                    )
+                )
                 ax.set_ylabel("events", fontsize=_SMALL_SIZE)
             else:
                 ax.set_ylabel("", fontsize=_SMALL_SIZE)
-            artists.extend(_draw_gate(ax, gate))
+            artists.extend(_draw_gate(ax, gate, xl, yl))
             ax.set_xlim(xl)
             ax.set_ylim(yl)
             ax.set_xlabel(_dim_label(gate.dims[0], names), fontsize=_SMALL_SIZE)
@@ -803,6 +815,7 @@ class GateReviewer:
                 f"{gate.id} of {gate.parent or 'all'}: {n:,} ({pct:.1f}%)" + _flag_lines(flag),
                 fontsize=_SMALL_SIZE,
                 color="#C00000" if flag else "black",
+                y=1.02,  # a fixed position: no tick-label bounding boxes at every draw
             )
         for ax in axes[len(gates) :]:
             ax.set_visible(False)
