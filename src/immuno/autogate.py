@@ -166,16 +166,38 @@ def tail_threshold(x: np.ndarray, *, k: float = 3.0, side: str = "right") -> flo
     return mode + k * sd if side == "right" else mode - k * sd
 
 
-def _mahalanobis(X: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, float]:
-    """Squared Mahalanobis distances of rows of ``X`` and ``log det(cov)``."""
-    diff = X - mean
-    if X.shape[1] == 2:  # closed form: the common case, and 5x faster than einsum
-        a, b, c = cov[0, 0], cov[0, 1], cov[1, 1]
+def _em_step(X: np.ndarray, R: np.ndarray, reg: float):
+    """One EM iteration from responsibilities ``R`` ``(k, n)`` (component-major, so
+    that every sum runs along contiguous memory): ``(weights, means, covs, R', loglik)``."""
+    k, n = R.shape
+    d = X.shape[1]
+    nk = R.sum(axis=1) + 1e-12
+    weights = nk / n
+    means = (R @ X) / nk[:, None]
+    if d == 2:  # closed forms, every component at once
+        dx = X[:, 0][None, :] - means[:, 0, None]
+        dy = X[:, 1][None, :] - means[:, 1, None]
+        rx = R * dx
+        a = np.einsum("kn,kn->k", rx, dx) / nk + reg
+        b = np.einsum("kn,kn->k", rx, dy) / nk
+        c = np.einsum("kn,kn->k", R * dy, dy) / nk + reg
+        covs = np.stack([np.stack([a, b], axis=-1), np.stack([b, c], axis=-1)], axis=1)
         det = a * c - b * b
-        dx, dy = diff[:, 0], diff[:, 1]
-        return (c * dx * dx - 2 * b * dx * dy + a * dy * dy) / det, float(np.log(det))
-    inv = np.linalg.inv(cov)
-    return np.einsum("ij,jk,ik->i", diff, inv, diff), float(np.linalg.slogdet(cov)[1])
+        md = (c[:, None] * dx * dx - 2 * b[:, None] * dx * dy + a[:, None] * dy * dy) / det[:, None]
+        logdet = np.log(det)
+    else:
+        covs = np.empty((k, d, d))
+        md = np.empty((k, n))
+        logdet = np.empty(k)
+        for j in range(k):
+            diff = X - means[j]
+            covs[j] = (R[j, :, None] * diff).T @ diff / nk[j] + reg * np.eye(d)
+            md[j] = np.einsum("ij,jk,ik->i", diff, np.linalg.inv(covs[j]), diff)
+            logdet[j] = np.linalg.slogdet(covs[j])[1]
+    logp = (np.log(weights + 1e-300) - 0.5 * (logdet + d * np.log(2 * np.pi)))[:, None] - 0.5 * md
+    top = logp.max(axis=0)
+    lse = top + np.log(np.exp(logp - top).sum(axis=0))
+    return weights, means, covs, np.exp(logp - lse), float(lse.mean())
 
 
 def fit_mixture(
@@ -205,27 +227,11 @@ def fit_mixture(
             p = d2 / d2.sum() if d2.sum() > 0 else None
             centres.append(X[rng.choice(n, p=p)])
         means = np.array(centres, dtype=np.float64)
-        resp = np.zeros((n, k))
-        resp[np.arange(n), np.argmin(((X[:, None, :] - means[None]) ** 2).sum(-1), axis=1)] = 1
+        R = np.zeros((k, n))
+        R[np.argmin(((X[:, None, :] - means[None]) ** 2).sum(-1), axis=1), np.arange(n)] = 1
         prev = -np.inf
         for _it in range(max_iter):
-            nk = resp.sum(axis=0) + 1e-12
-            weights = nk / n
-            means = (resp.T @ X) / nk[:, None]
-            covs = np.empty((k, d, d))
-            for j in range(k):
-                diff = X - means[j]
-                covs[j] = (resp[:, j, None] * diff).T @ diff / nk[j] + reg * np.eye(d)
-            logp = np.empty((n, k))
-            for j in range(k):
-                md, logdet = _mahalanobis(X, means[j], covs[j])
-                logp[:, j] = np.log(weights[j] + 1e-300) - 0.5 * (
-                    md + logdet + d * np.log(2 * np.pi)
-                )
-            top = logp.max(axis=1, keepdims=True)
-            lse = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
-            resp = np.exp(logp - lse[:, None])
-            ll = float(lse.mean())
+            weights, means, covs, R, ll = _em_step(X, R, reg)
             if ll - prev < tol:
                 break
             prev = ll
