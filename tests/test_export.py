@@ -8,6 +8,7 @@ puts in ``counts.tsv``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
@@ -342,6 +343,261 @@ def test_anndata_export(gated, tmp_path, templates_dir):
     np.testing.assert_array_equal(ref.obs[pops].to_numpy(), pick_a[pops].to_numpy())
     with pytest.raises(ConfigError, match="max_events_per_sample"):
         export_anndata(t, template, tmp_path / "c.h5ad", max_events_per_sample=0)
+
+
+def _anndata_in_memory(samples, template, cap, random_state=0):
+    """The AnnData as the export built it before it streamed: the whole panel in memory.
+
+    A copy of ``export_anndata`` up to ``AnnData(...)`` as of commit 06cfabb (which then
+    called ``write_h5ad(compression="gzip")``); the reference the streamed file must equal.
+    """
+    import anndata as ad
+
+    from immuno.export import STUDY_COLUMNS, _anndata_vars, _records, _sample_rng, _subsample
+    from immuno.gate import EventSpace
+    from immuno.gatingml import load_gatingml
+    from immuno.read import read_fcs, read_text
+
+    recs = _records(samples, ("sample_id", "fcs_path", "gates"))
+    sizes = []
+    for rec in recs:
+        _, text = read_text(rec["fcs_path"])
+        tot = int((text.get("$TOT") or "0").strip() or 0)
+        sizes.append(tot if cap is None else min(tot, cap))
+    n_obs = int(sum(sizes))
+    var_names, facts, channels, X = None, {}, {}, None
+    events = np.empty(n_obs, dtype=np.int64)
+    members, parents = {}, {}
+    at = 0
+    for rec, m in zip(recs, sizes, strict=True):
+        sid = str(rec["sample_id"])
+        fcs = read_fcs(rec["fcs_path"])
+        rows = _subsample(fcs.n_events, cap, _sample_rng(sid, random_state))
+        names, dims, f = _anndata_vars(template, fcs)
+        if var_names is None:
+            var_names, facts = names, f
+            X = np.empty((n_obs, len(names)), dtype=np.float32)
+        channels[sid] = {n: f[n]["channel"] for n in names}
+        space = EventSpace(fcs, template.base_strategy())
+        X[at : at + m] = space.values(tuple(dims), rows)
+        events[at : at + m] = rows
+        result = load_gatingml(rec["gates"]).apply(fcs, sample_id=sid)
+        for pop, mask in result.masks.items():
+            if pop not in members:
+                members[pop] = np.zeros(n_obs, dtype=bool)
+                parents[pop] = result.parents[pop] or "root"
+            members[pop][at : at + m] = mask[rows]
+        at += m
+    if var_names is None:
+        var_names = list(template.panel.markers)
+        X = np.zeros((0, len(var_names)), dtype=np.float32)
+        facts = {
+            n: {"channel": "", "transform": "", "compensated": False, "kind": ""} for n in var_names
+        }
+    assert not set(members) & {*STUDY_COLUMNS, "event"}
+    sids = [str(r["sample_id"]) for r in recs]
+    code = np.repeat(np.arange(len(recs)), sizes)
+
+    def column(col, numeric=False):
+        vals = [r.get(col) for r in recs]
+        if numeric:
+            v = np.array([float(x) if x not in (None, "") else np.nan for x in vals])
+            return v[code]
+        cats = list(dict.fromkeys("" if v is None else str(v) for v in vals))
+        idx = {c: i for i, c in enumerate(cats)}
+        codes = np.array([idx["" if v is None else str(v)] for v in vals], dtype=np.int32)
+        return pd.Categorical.from_codes(codes[code], categories=cats)
+
+    data = {
+        "sample_id": pd.Categorical.from_codes(code.astype(np.int32), categories=sids),
+        "patient_id": column("patient_id"),
+        "visit_month": column("visit_month", numeric=True),
+        "dose_group": column("dose_group"),
+        "panel": column("panel"),
+        "event": events,
+    }
+    data.update(members)
+    obs = pd.DataFrame(data)
+    obs.index = pd.Index([f"{sids[c]}:{e}" for c, e in zip(code, events, strict=True)])
+    var = pd.DataFrame.from_dict({n: facts[n] for n in var_names}, orient="index")
+    var.index = pd.Index([str(n) for n in var_names])
+    uns = {
+        "immuno": {
+            "panel": str(template.name),
+            "gating_file": str(template.source or ""),
+            "gating_sha256": str(template.sha256 or ""),
+            "compensation": str(template.panel.compensation),
+            "transforms": {
+                tid: json.dumps(t.spec()) for tid, t in template.panel.transforms.items()
+            },
+            "populations": list(members),
+            "parents": dict(parents),
+            "max_events_per_sample": -1 if cap is None else cap,
+            "random_state": int(random_state),
+            "X": "compensated and transformed as the panel's template says (gate space)",
+        },
+        "channels": channels,
+    }
+    return ad.AnnData(X=X, obs=obs, var=var, uns=uns)
+
+
+def _h5_layout(path) -> dict:
+    """Every element of an .h5ad file: its encoding, dtype, shape and dataframe attributes."""
+    import h5py
+
+    out = {}
+
+    def visit(name, obj):
+        a = obj.attrs
+        enc = (a.get("encoding-type"), a.get("encoding-version"))
+        extra = tuple(
+            (k, [str(v) for v in np.atleast_1d(a[k])])
+            for k in ("_index", "column-order", "ordered")
+            if k in a
+        )
+        if isinstance(obj, h5py.Dataset):
+            out[name] = (enc, str(obj.dtype), obj.shape, extra)
+        else:
+            out[name] = (enc, extra)
+
+    with h5py.File(path, "r") as f:
+        out["/"] = ((f.attrs["encoding-type"], f.attrs["encoding-version"]), ())
+        f.visititems(visit)
+    return out
+
+
+def _assert_same_uns(got, want, where="uns"):
+    assert type(got) is type(want), where
+    if isinstance(want, dict):
+        assert list(got) == list(want), where
+        for k in want:
+            _assert_same_uns(got[k], want[k], f"{where}/{k}")
+    elif isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype, where
+        np.testing.assert_array_equal(got, want, err_msg=where)
+    else:
+        assert got == want, where
+
+
+def _assert_same_h5ad(got_path, want_path):
+    """Read back, the two files hold the same AnnData, bit for bit, in the same layout."""
+    import anndata as ad
+    import h5py
+
+    got, want = ad.read_h5ad(got_path), ad.read_h5ad(want_path)
+    assert got.X.dtype == want.X.dtype == np.float32 and got.X.shape == want.X.shape
+    np.testing.assert_array_equal(got.X.view(np.uint32), want.X.view(np.uint32))
+    assert got.obs_names.dtype == want.obs_names.dtype
+    assert list(got.obs_names) == list(want.obs_names)
+    pd.testing.assert_frame_equal(got.obs, want.obs, check_exact=True)
+    assert list(got.obs.dtypes) == list(want.obs.dtypes)
+    for col in want.obs.columns:
+        if isinstance(want.obs[col].dtype, pd.CategoricalDtype):
+            assert list(got.obs[col].cat.categories) == list(want.obs[col].cat.categories), col
+    pd.testing.assert_frame_equal(got.var, want.var, check_exact=True)
+    assert list(got.var.dtypes) == list(want.var.dtypes)
+    _assert_same_uns(got.uns, want.uns)
+    assert _h5_layout(got_path) == _h5_layout(want_path)
+    with h5py.File(got_path, "r") as f:
+        big = [f["X"], f["obs/_index"], f["obs/event"], f["obs/sample_id/codes"]]
+        assert all(d.compression == "gzip" for d in big if d.size)
+
+
+def _old_way(samples, template, path, cap, random_state=0):
+    adata = _anndata_in_memory(samples, template, cap, random_state)
+    adata.write_h5ad(path, compression="gzip")
+    return path
+
+
+def test_streamed_anndata_equals_the_in_memory_export(gated, tmp_path, templates_dir, monkeypatch):
+    """The streamed .h5ad reads back as exactly the AnnData the in-memory export wrote:
+    X bit for bit, obs (dtypes, categories, obs_names), var, uns, and the same HDF5
+    elements with the same encodings. Also with chunks that cut through samples and with
+    populations that first appear in a later sample (zeros before), and with no samples."""
+    import immuno.export
+    from immuno.autogate import load_template
+    from immuno.export import export_anndata
+
+    samples, _ = gated
+    t = samples[samples.panel == "T"].reset_index(drop=True)
+    template = load_template(templates_dir / "t_cell.yaml")
+    for cap in (None, 700):
+        new = export_anndata(t, template, tmp_path / f"new{cap}.h5ad", max_events_per_sample=cap)
+        _assert_same_h5ad(new, _old_way(t, template, tmp_path / f"old{cap}.h5ad", cap))
+
+    # Odd chunks (777 rows), repeated files under new ids, and two samples gated with other
+    # gates (the quadrants), so that their populations' columns start mid-way.
+    xml = tmp_path / "quadrants.xml"
+    xml.write_text(QUADRANTS)
+    more = t.assign(sample_id=t.sample_id + "-bis", patient_id="P99", visit_month=np.nan)
+    quads = t.head(2).assign(sample_id=t.sample_id.head(2) + "-q", gates=str(xml))
+    mixed = pd.concat([t, quads, more], ignore_index=True)
+    monkeypatch.setattr(immuno.export, "_CHUNK_ROWS", 777)
+    new = export_anndata(mixed, template, tmp_path / "mixed.h5ad", max_events_per_sample=1500)
+    _assert_same_h5ad(new, _old_way(mixed, template, tmp_path / "mixed_old.h5ad", 1500))
+    import anndata as ad
+
+    obs = ad.read_h5ad(new).obs
+    assert "scatter" in obs and obs["scatter"].sum() > 0
+    assert not obs["scatter"].iloc[: 1500 * len(t)].any()  # before the quadrant samples
+
+    new = export_anndata(t.head(0), template, tmp_path / "none.h5ad")
+    _assert_same_h5ad(new, _old_way(t.head(0), template, tmp_path / "none_old.h5ad", 20000))
+
+
+def _repeat_samples(t, n: int):
+    """``n`` samples cycling over the rows of ``t`` (the same files), each its own id."""
+    rows = [t.iloc[k % len(t)] for k in range(n)]
+    out = pd.DataFrame(rows).reset_index(drop=True)
+    out["sample_id"] = [f"{sid}-{k}" for k, sid in enumerate(out.sample_id)]
+    return out
+
+
+def test_anndata_export_memory_does_not_grow_with_the_cohort(gated, tmp_path, templates_dir):
+    """Python's peak allocation (tracemalloc traces numpy's buffers) of exporting 27 samples
+    exceeds that of 9 samples of the same files by less than a tenth of what the 36,000
+    extra events' X, event and membership columns alone take in memory (the in-memory
+    export held all of them, and the obs names, at once; its growth is about 4 times that)."""
+    import tracemalloc
+
+    from immuno.autogate import load_template
+    from immuno.export import export_anndata
+
+    samples, _ = gated
+    t = samples[samples.panel == "T"].reset_index(drop=True)
+    template = load_template(templates_dir / "t_cell.yaml")
+    export_anndata(t.head(1), template, tmp_path / "warm.h5ad")  # imports, caches
+
+    def peak(n: int) -> int:
+        cohort = _repeat_samples(t, n)
+        tracemalloc.start()
+        try:
+            export_anndata(cohort, template, tmp_path / f"{n}.h5ad", max_events_per_sample=None)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(9), peak(27)
+    n_vars, n_pops = len(template.panel.markers), len(template.populations)
+    extra = 18 * 2000 * (4 * n_vars + 8 + n_pops)
+    assert large - small < extra / 10, (small, large, extra)
+
+
+def test_anndata_export_refusals_leave_no_file(gated, tmp_path, templates_dir):
+    """A population named like a study column is refused (the file is open by then: the
+    temporary file is removed); as before, after every sample, naming the population."""
+    from immuno.autogate import load_template
+    from immuno.export import export_anndata
+
+    samples, _ = gated
+    t = samples[samples.panel == "T"].head(2)
+    xml = tmp_path / "event.xml"
+    xml.write_text(QUADRANTS.replace('"scatter"', '"event"'))
+    template = load_template(templates_dir / "t_cell.yaml")
+    with pytest.raises(ConfigError, match="study column") as err:
+        export_anndata(t.assign(gates=str(xml)), template, tmp_path / "x.h5ad")
+    assert err.value.field == "event"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["event.xml"]
 
 
 def test_anndata_is_imported_only_by_its_export():

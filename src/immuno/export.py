@@ -932,21 +932,27 @@ def export_anndata(
     ``compensated`` and ``kind``. ``.obs`` has ``sample_id``, ``patient_id``,
     ``visit_month``, ``dose_group`` (categorical, ``visit_month`` float),
     ``event`` (the row in the FCS file) and one boolean column per population
-    (membership in the sample's realised gates). ``.uns`` records the panel, the
+    (membership in the sample's realised gates); ``obs_names`` are
+    ``<sample_id>:<event>``. ``.uns`` records the panel, the
     transforms' parameters, the populations with their parents and the
     subsampling. A panel gated with fixed gates (Gating-ML or FlowJo) has no
     template: its variables are the file's channels (named by ``$PnS``, else
     ``$PnN``), compensated where the spillover matrix names them, untransformed.
 
-    Memory is bounded by the subsample: at most ``max_events_per_sample`` events
-    per sample, drawn without replacement by a generator seeded with
-    ``random_state`` and the sample id (the same events whatever the sample
-    order), kept in FCS order. Everything is held once, plus one FCS file at a
-    time: about ``4 x n_markers + 200`` bytes per event kept (``X``, the
-    membership columns, the ``<sample_id>:<event>`` obs names and the writer's
-    buffers);
-    the demo's T panel, 162 samples x 20,000 events x 10 variables, peaks at
-    0.9 GB and takes 40 s (a 230 MB file).
+    Each sample keeps at most ``max_events_per_sample`` events, drawn without
+    replacement by a generator seeded with ``random_state`` and the sample id
+    (the same events whatever the sample order), kept in FCS order.
+
+    Memory is bounded by the largest FCS file, not by the cohort: the file is
+    written sample by sample (with h5py, in anndata's on-disk format, the file
+    ``anndata.read_h5ad`` reads) into datasets sized up front from each file's
+    ``$TOT`` and the cap. Held at once: one FCS file and its gating, at most one
+    HDF5 chunk (16,384 rows, gzip) per column beyond the sample's rows, and the
+    cohort's sample table. The T panel of the 300,000-event benchmark cohort
+    (20,000 events x 10 variables per sample) peaks at 218-227 MiB RSS with 40,
+    80 or 162 samples, about 20 MiB above exporting its largest file alone (the
+    in-memory writer this replaced: 912 MiB with 162); 162 samples take about
+    30 s (a 244 MB file; ``benchmarks/anndata_memory.py``).
 
     Parameters
     ----------
@@ -969,7 +975,9 @@ def export_anndata(
         ``out_path``.
     """
     import anndata as ad
+    import h5py
     import pandas as pd
+    from anndata.io import write_elem
 
     from .read import read_fcs, read_text
 
@@ -988,134 +996,242 @@ def export_anndata(
         tot = int((text.get("$TOT") or "0").strip() or 0)
         sizes.append(tot if cap is None else min(tot, cap))
     n_obs = int(sum(sizes))
+    sids = [str(r["sample_id"]) for r in recs]
+    study = {col: _study_codes(recs, col) for col in ("patient_id", "dose_group", "panel")}
+    months = [_month(r.get("visit_month")) for r in recs]
     var_names: list[str] | None = None
     facts: dict[str, dict] = {}
     channels: dict[str, dict[str, str]] = {}
-    X: np.ndarray | None = None
-    events = np.empty(n_obs, dtype=np.int64)
-    members: dict[str, np.ndarray] = {}
     parents: dict[str, str] = {}
-    at = 0
-    for rec, m in zip(recs, sizes, strict=True):
-        sid = str(rec["sample_id"])
-        fcs = read_fcs(rec["fcs_path"])
-        rows = _subsample(fcs.n_events, cap, _sample_rng(sid, random_state))
-        if len(rows) != m:
-            raise FCSError(
-                f"$TOT says {m} events, the data hold {fcs.n_events}",
-                file=fcs.path,
-                sample=sid,
-                field="$TOT",
-            )
-        names, dims, f = _anndata_vars(template, fcs)
-        if var_names is None:
-            var_names, facts = names, f
-            X = np.empty((n_obs, len(names)), dtype=np.float32)
-        elif names != var_names:
-            raise ConfigError(
-                f"sample {sid} has variables {names}, the panel's first sample {var_names}",
-                sample=sid,
-                field="panel",
-                hint="export one panel (one staining tube) per file",
-            )
-        channels[sid] = {n: f[n]["channel"] for n in names}
-        if hasattr(template, "base_strategy"):
-            base = template.base_strategy()
-        else:
-            base = GatingStrategy()
-            base.require_spillover = False
-        space = EventSpace(fcs, base)
-        X[at : at + m] = space.values(tuple(dims), rows)
-        events[at : at + m] = rows
-        strategy = load_gatingml(rec["gates"])
-        result = strategy.apply(fcs, sample_id=sid)
-        for pop, mask in result.masks.items():
-            if pop not in members:
-                members[pop] = np.zeros(n_obs, dtype=bool)
-                parents[pop] = result.parents[pop] or "root"
-            members[pop][at : at + m] = mask[rows]
-        at += m
-    if var_names is None:  # no sample: the panel's variables, no events
-        var_names = list(getattr(getattr(template, "panel", None), "markers", {}) or [])
-        X = np.zeros((0, len(var_names)), dtype=np.float32)
-        facts = {
-            n: {"channel": "", "transform": "", "compensated": False, "kind": ""} for n in var_names
-        }
-    clash = sorted(set(members) & {*STUDY_COLUMNS, "event"})
-    if clash:
-        raise ConfigError(
-            f"population(s) {', '.join(clash)} have the name of a study column",
-            field=clash[0],
-            hint="rename the population in the gating template",
-        )
-    bad = sorted(p for p in [*members, *var_names] if "/" in p)
-    if bad:
-        raise ConfigError(
-            f"names with '/' cannot be stored in an .h5ad file: {', '.join(bad)}",
-            field=bad[0],
-            hint="rename the marker or population",
-        )
-    obs = _obs_frame(recs, sizes, events, members)
-    var = pd.DataFrame.from_dict({n: facts[n] for n in var_names}, orient="index")
-    var.index = pd.Index([str(n) for n in var_names])
-    uns = {
-        "immuno": {
-            "panel": str(getattr(template, "name", "")),
-            "gating_file": str(getattr(template, "source", "") or ""),
-            "gating_sha256": str(getattr(template, "sha256", "") or ""),
-            "compensation": str(getattr(getattr(template, "panel", None), "compensation", "FCS")),
-            "transforms": {
-                tid: json.dumps(t.spec())
-                for tid, t in (
-                    getattr(getattr(template, "panel", None), "transforms", {}) or {}
-                ).items()
-            },
-            "populations": list(members),
-            "parents": dict(parents),
-            "max_events_per_sample": -1 if cap is None else cap,
-            "random_state": int(random_state),
-            "X": "compensated and transformed as the panel's template says (gate space)",
-        },
-        "channels": channels,
-    }
-    adata = ad.AnnData(X=X, obs=obs, var=var, uns=uns)
     out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        adata.write_h5ad(tmp, compression="gzip")
+    with atomic_path(out_path) as tmp, _open_h5(tmp) as f:
+        obs = f.create_group("obs")
+        index = _Rows(obs, "_index", n_obs, h5py.string_dtype(), encoding="string-array")
+        codes = {"sample_id": _categorical(obs, "sample_id", n_obs, sids)}
+        codes["patient_id"] = _categorical(obs, "patient_id", n_obs, study["patient_id"][0])
+        visit_month = _Rows(obs, "visit_month", n_obs, np.float64)
+        codes["dose_group"] = _categorical(obs, "dose_group", n_obs, study["dose_group"][0])
+        codes["panel"] = _categorical(obs, "panel", n_obs, study["panel"][0])
+        event = _Rows(obs, "event", n_obs, np.int64)
+        # Population -> its column (None: a name .obs cannot hold; refused below).
+        members: dict[str, _Rows | None] = {}
+        reserved = {*STUDY_COLUMNS, "event", "_index"}
+        X = None
+        at = 0
+        for k, (rec, m) in enumerate(zip(recs, sizes, strict=True)):
+            sid = sids[k]
+            fcs = read_fcs(rec["fcs_path"])
+            rows = _subsample(fcs.n_events, cap, _sample_rng(sid, random_state))
+            if len(rows) != m:
+                raise FCSError(
+                    f"$TOT says {m} events, the data hold {fcs.n_events}",
+                    file=fcs.path,
+                    sample=sid,
+                    field="$TOT",
+                )
+            names, dims, fa = _anndata_vars(template, fcs)
+            if var_names is None:
+                var_names, facts = names, fa
+                X = _Rows(f, "X", n_obs, np.float32, width=len(names))
+            elif names != var_names:
+                raise ConfigError(
+                    f"sample {sid} has variables {names}, the panel's first sample {var_names}",
+                    sample=sid,
+                    field="panel",
+                    hint="export one panel (one staining tube) per file",
+                )
+            channels[sid] = {n: fa[n]["channel"] for n in names}
+            if hasattr(template, "base_strategy"):
+                base = template.base_strategy()
+            else:
+                base = GatingStrategy()
+                base.require_spillover = False
+            space = EventSpace(fcs, base)
+            X.write(space.values(tuple(dims), rows).astype(np.float32))
+            del space
+            index.write(np.array([f"{sid}:{e}" for e in rows.tolist()], dtype=object))
+            event.write(rows.astype(np.int64, copy=False))
+            codes["sample_id"].write(np.full(m, k, dtype=codes["sample_id"].ds.dtype))
+            for col in ("patient_id", "dose_group", "panel"):
+                codes[col].write(np.full(m, study[col][1][k], dtype=codes[col].ds.dtype))
+            visit_month.write(np.full(m, months[k]))
+            result = load_gatingml(rec["gates"]).apply(fcs, sample_id=sid)
+            for pop in result.masks:
+                if pop not in members:
+                    ok = pop not in reserved and "/" not in pop
+                    members[pop] = _Rows(obs, pop, n_obs, bool, start=at) if ok else None
+                    parents[pop] = result.parents[pop] or "root"
+            for pop, column in members.items():
+                if column is not None:
+                    mask = result.masks.get(pop)
+                    column.write(np.zeros(m, dtype=bool) if mask is None else mask[rows])
+            del fcs, result  # before the next file is read
+            at += m
+        if var_names is None:  # no sample: the panel's variables, no events
+            var_names = list(getattr(getattr(template, "panel", None), "markers", {}) or [])
+            write_elem(
+                f, "X", np.zeros((0, len(var_names)), dtype=np.float32), dataset_kwargs=_GZIP
+            )
+            facts = {
+                n: {"channel": "", "transform": "", "compensated": False, "kind": ""}
+                for n in var_names
+            }
+        clash = sorted(set(members) & reserved)
+        if clash:
+            raise ConfigError(
+                f"population(s) {', '.join(clash)} have the name of a study column",
+                field=clash[0],
+                hint="rename the population in the gating template",
+            )
+        bad = sorted(p for p in [*members, *var_names] if "/" in p)
+        if bad:
+            raise ConfigError(
+                f"names with '/' cannot be stored in an .h5ad file: {', '.join(bad)}",
+                field=bad[0],
+                hint="rename the marker or population",
+            )
+        for column in [X, index, visit_month, event, *codes.values(), *members.values()]:
+            if column is not None:
+                column.close()
+        obs.attrs["_index"] = "_index"
+        study_cols = ["sample_id", "patient_id", "visit_month", "dose_group", "panel", "event"]
+        obs.attrs["column-order"] = [*study_cols, *members]
+        obs.attrs["encoding-type"] = "dataframe"
+        obs.attrs["encoding-version"] = "0.2.0"
+        var = pd.DataFrame.from_dict({n: facts[n] for n in var_names}, orient="index")
+        var.index = pd.Index([str(n) for n in var_names])
+        uns = {
+            "immuno": {
+                "panel": str(getattr(template, "name", "")),
+                "gating_file": str(getattr(template, "source", "") or ""),
+                "gating_sha256": str(getattr(template, "sha256", "") or ""),
+                "compensation": str(
+                    getattr(getattr(template, "panel", None), "compensation", "FCS")
+                ),
+                "transforms": {
+                    tid: json.dumps(t.spec())
+                    for tid, t in (
+                        getattr(getattr(template, "panel", None), "transforms", {}) or {}
+                    ).items()
+                },
+                "populations": list(members),
+                "parents": dict(parents),
+                "max_events_per_sample": -1 if cap is None else cap,
+                "random_state": int(random_state),
+                "X": "compensated and transformed as the panel's template says (gate space)",
+            },
+            "channels": channels,
+        }
+        # The small elements as AnnData.write_h5ad writes them (string columns of .var
+        # with repeated values become categoricals).
+        shell = ad.AnnData(var=var, uns=uns)
+        shell.strings_to_categoricals()
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        write_elem(f, "var", shell.var, dataset_kwargs=_GZIP)
+        for key in ("obsm", "varm", "obsp", "varp", "layers"):
+            write_elem(f, key, {}, dataset_kwargs=_GZIP)
+        write_elem(f, "uns", dict(shell.uns), dataset_kwargs=_GZIP)
     log.info(
         "wrote %s: %d events x %d variables, %d samples", out_path, n_obs, len(var_names), len(recs)
     )
     return out_path
 
 
-def _obs_frame(recs, sizes, events, members):
+#: Rows per HDF5 chunk of the AnnData export's per-event datasets (``X``'s chunks
+#: are also kept within :data:`_CHUNK_BYTES`, the chunk cache a reader has by default).
+_CHUNK_ROWS = 16384
+_CHUNK_BYTES = 1 << 20
+_GZIP = {"compression": "gzip"}
+
+
+def _open_h5(path):
+    """An HDF5 file to write, with its caches bounded by constants, not by the cohort.
+
+    No chunk cache (every chunk is written whole, so it goes to disk directly and
+    compressed once) and a metadata cache of 1-2 MiB (HDF5's grows to 32 MiB as
+    the file does).
+    """
+    import h5py
+
+    f = h5py.File(path, "w", rdcc_nbytes=0)
+    mdc = f.id.get_mdc_config()
+    mdc.set_initial_size = True
+    mdc.initial_size = mdc.min_size = 1 << 20
+    mdc.max_size = 2 << 20
+    f.id.set_mdc_config(mdc)
+    return f
+
+
+class _Rows:
+    """One per-event dataset of an ``.h5ad`` file, sized up front, filled in row order.
+
+    Rows wait until they fill whole chunks, so every chunk is written (and
+    compressed) once and never read back; at most one chunk's rows plus the
+    latest sample's are held. ``start`` is the first row the column receives (a
+    population first seen in a later sample): the rows before it are ``False``
+    (zero), HDF5's fill value.
+    """
+
+    def __init__(self, group, name, n_rows, dtype, *, width=None, encoding="array", start=0):
+        tail = () if width is None else (width,)
+        row_bytes = np.dtype(dtype).itemsize * max(1, width or 1)
+        rows = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // row_bytes, n_rows))
+        if n_rows == 0:  # an empty array, as anndata writes it
+            ds = group.create_dataset(name, data=np.empty((0, *tail), dtype), dtype=dtype, **_GZIP)
+        else:
+            ds = group.create_dataset(
+                name, shape=(n_rows, *tail), dtype=dtype, chunks=(rows, *tail), **_GZIP
+            )
+        ds.attrs["encoding-type"] = encoding
+        ds.attrs["encoding-version"] = "0.2.0"
+        self.ds, self.rows, self.at = ds, rows, start // rows * rows
+        self.pending = [np.zeros((start - self.at, *tail), dtype=dtype)]
+        self.n_pending = start - self.at
+
+    def write(self, values: np.ndarray) -> None:
+        self.pending.append(values)
+        self.n_pending += len(values)
+        if self.n_pending >= self.rows:
+            self._flush(self.n_pending // self.rows * self.rows)
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._flush(self.n_pending)
+
+    def _flush(self, n: int) -> None:
+        buf = np.concatenate(self.pending)
+        self.ds[self.at : self.at + n] = buf[:n]
+        self.at += n
+        self.pending = [buf[n:].copy()]
+        self.n_pending -= n
+
+
+def _categorical(group, name: str, n_rows: int, categories: list[str]) -> _Rows:
+    """A categorical ``.obs`` column (anndata's encoding): its categories, and its codes."""
     import pandas as pd
+    from anndata.io import write_elem
 
-    sids = [str(r["sample_id"]) for r in recs]
-    code = np.repeat(np.arange(len(recs)), sizes)
+    # The codes' dtype pandas chooses (the smallest that holds them), as anndata writes it.
+    cat = pd.Categorical.from_codes(np.zeros(0, dtype=np.int32), categories=categories)
+    g = group.create_group(name)
+    g.attrs["encoding-type"] = "categorical"
+    g.attrs["encoding-version"] = "0.2.0"
+    g.attrs["ordered"] = bool(cat.ordered)
+    write_elem(g, "categories", cat.categories.to_numpy(), dataset_kwargs=_GZIP)
+    return _Rows(g, "codes", n_rows, cat.codes.dtype)
 
-    def column(col, numeric=False):
-        vals = [r.get(col) for r in recs]
-        if numeric:
-            v = np.array([float(x) if x not in (None, "") else np.nan for x in vals])
-            return v[code]
-        cats = list(dict.fromkeys("" if v is None else str(v) for v in vals))
-        idx = {c: i for i, c in enumerate(cats)}
-        codes = np.array([idx["" if v is None else str(v)] for v in vals], dtype=np.int32)
-        return pd.Categorical.from_codes(codes[code], categories=cats)
 
-    data = {
-        "sample_id": pd.Categorical.from_codes(code.astype(np.int32), categories=sids),
-        "patient_id": column("patient_id"),
-        "visit_month": column("visit_month", numeric=True),
-        "dose_group": column("dose_group"),
-        "panel": column("panel"),
-        "event": events,
-    }
-    data.update(members)
-    obs = pd.DataFrame(data)
-    obs.index = pd.Index([f"{sids[c]}:{e}" for c, e in zip(code, events, strict=True)])
-    return obs
+def _study_codes(recs, col: str) -> tuple[list[str], list[int]]:
+    """A study column's categories (in sample order; missing is ``""``) and each sample's code."""
+    vals = ["" if r.get(col) is None else str(r.get(col)) for r in recs]
+    cats = list(dict.fromkeys(vals))
+    idx = {c: i for i, c in enumerate(cats)}
+    return cats, [idx[v] for v in vals]
+
+
+def _month(x) -> float:
+    return float(x) if x not in (None, "") else np.nan
 
 
 # --------------------------------------------------------------------------- gated FCS

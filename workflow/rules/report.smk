@@ -102,7 +102,7 @@ rule export_anndata:
     conda:
         "../../envs/immuno.yaml"
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
+        mem_mb=lambda wc, attempt: 1000 * attempt,
     params:
         max_events=config["export"]["max_events_per_sample"],
     script:
