@@ -454,6 +454,23 @@ def test_write_stats(random_cohort, tmp_path):
     assert list(between.columns) == BETWEEN_COLUMNS and len(between) == 2
 
 
+def test_write_stats_single_group_keeps_the_paired_tests(random_cohort, tmp_path, caplog):
+    """A single-arm cohort: paired tests as usual, an empty between-group table."""
+    one = random_cohort.assign(dose_group="30mg")
+    spec = [{"population": "treg", "metric": "percent_of_parent"}]
+    with caplog.at_level("WARNING", logger="immuno.test"):
+        paths = write_stats(one, tmp_path, spec)
+    assert "only one dose_group (30mg)" in caplog.text
+    pooled = pd.read_csv(paths["paired_pooled"], sep="\t")
+    direct = paired_change(one, populations=["treg"], metric="percent_of_parent")
+    assert pooled.loc[0, "p_value"] == pytest.approx(direct.iloc[-1]["p_value"])
+    assert set(pd.read_csv(paths["paired_by_group"], sep="\t")["group"]) == {"30mg"}
+    between = pd.read_csv(paths["between_groups"], sep="\t")
+    assert list(between.columns) == BETWEEN_COLUMNS and between.empty
+    with pytest.raises(ConfigError, match="only one dose_group"):
+        change_between_groups(one, populations=["treg"], metric="percent_of_parent")
+
+
 def test_write_stats_bad_spec(random_cohort, tmp_path):
     for spec in (
         [],

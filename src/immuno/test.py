@@ -690,7 +690,9 @@ def write_stats(
         ``{"paired_by_group": outdir/paired_by_group.tsv, "paired_pooled":
         outdir/paired_pooled.tsv, "between_groups": outdir/between_groups.tsv}``.
         Each file is tab-separated, missing values are empty fields (as in the cohort
-        table), and is written atomically. ``p_adjusted`` is Benjamini-Hochberg across
+        table), and is written atomically. With a single ``by`` group there is no
+        between-group test: ``between_groups.tsv`` has its header and no rows (and a
+        warning is logged). ``p_adjusted`` is Benjamini-Hochberg across
         every entry of ``spec`` (within each group for the paired tables).
     """
     items = _check_spec(spec)
@@ -702,11 +704,22 @@ def write_stats(
     order = {g: i for i, g in enumerate([*sorted(set(paired["group"]) - {POOLED}), POOLED])}
     paired = paired.sort_values("group", key=lambda s: s.map(order), kind="stable")
     paired = _adjust_within(paired, ["group"]).reset_index(drop=True)[PAIRED_COLUMNS]
-    between = pd.concat(
-        [change_between_groups(counts, populations=[p], metric=m, **kwargs) for p, m in items],
-        ignore_index=True,
-    )
-    between["p_adjusted"] = bh_adjust(between["p_value"].to_numpy(float))
+    groups = sorted(set(_roster(counts, by)))
+    if len(groups) < 2:
+        # A single-arm study (or a subset of one): the paired tests stand on their own.
+        log.warning(
+            "only one %s (%s) in the cohort table: no between-group test "
+            "(between_groups.tsv has no rows)",
+            by,
+            ", ".join(map(str, groups)) or "none",
+        )
+        between = pd.DataFrame(columns=BETWEEN_COLUMNS)
+    else:
+        between = pd.concat(
+            [change_between_groups(counts, populations=[p], metric=m, **kwargs) for p, m in items],
+            ignore_index=True,
+        )
+        between["p_adjusted"] = bh_adjust(between["p_value"].to_numpy(float))
     n_failed = int(failed_qc(counts).sum())
     if n_failed:
         log.warning("excluded %d QC-failed row(s) of the cohort table from statistics", n_failed)
