@@ -437,6 +437,27 @@ def test_apply_gates_to_file_wsp_and_cli(shared_data, tmp_path):
     assert members["ellipse1"].sum() == 51 and len(members) == 100
 
 
+def test_apply_gates_cli_threads_give_identical_outputs(shared_data, tmp_path, monkeypatch):
+    """``--threads`` changes how many blocks are gated at once, never a byte of the
+    outputs (the fast path forced on, in 997-event blocks, on an ISAC compliance file)."""
+    from immuno import cli
+    from immuno import gate as gate_mod
+
+    monkeypatch.setattr(gate_mod, "FAST_MIN_EVENTS", 0)
+    monkeypatch.setattr(gate_mod, "FAST_CHUNK", 997)
+    args = ["apply-gates", "--gates", str(shared_data / GML / "Gating-MLFiles/gates1.xml")]
+    args += ["--fcs", str(shared_data / GML / "FCSFiles/data1.fcs")]
+    outs = []
+    for threads in ("1", "3", "0"):
+        out = tmp_path / f"t{threads}"
+        assert cli.main([*args, "--threads", threads, "--out", str(out)]) == 0
+        outs.append(out)
+    for name in ("counts.tsv", "membership.csv.gz"):
+        first = (outs[0] / name).read_bytes()
+        assert all((o / name).read_bytes() == first for o in outs[1:]), name
+    assert cli._usable_cpus() >= 1
+
+
 def test_apply_gates_to_file_errors(shared_data, tmp_path, monkeypatch, capsys):
     fcs = shared_data / GML / "FCSFiles/data1.fcs"
     with pytest.raises(GatingFileError, match="unknown gating file type"):

@@ -28,10 +28,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS reports one, e.g. a Slurm
+    allocation on Linux; else every CPU)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _cmd_apply_gates(args: argparse.Namespace) -> int:
     from .gatingml import apply_gates_to_file
 
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or _usable_cpus()
     apply_gates_to_file(
         args.gates, args.fcs, sample_id=args.sample_id, out=args.out, threads=threads
     )
