@@ -353,17 +353,20 @@ def _anndata_in_memory(samples, template, cap, random_state=0):
     """
     import anndata as ad
 
-    from immuno.export import STUDY_COLUMNS, _anndata_vars, _records, _sample_rng, _subsample
+    from immuno.export import (
+        STUDY_COLUMNS,
+        _anndata_vars,
+        _kept_events,
+        _records,
+        _sample_rng,
+        _subsample,
+    )
     from immuno.gate import EventSpace
     from immuno.gatingml import load_gatingml
-    from immuno.read import read_fcs, read_text
+    from immuno.read import read_fcs
 
     recs = _records(samples, ("sample_id", "fcs_path", "gates"))
-    sizes = []
-    for rec in recs:
-        _, text = read_text(rec["fcs_path"])
-        tot = int((text.get("$TOT") or "0").strip() or 0)
-        sizes.append(tot if cap is None else min(tot, cap))
+    sizes = _kept_events(recs, cap)
     n_obs = int(sum(sizes))
     var_names, facts, channels, X = None, {}, {}, None
     events = np.empty(n_obs, dtype=np.int64)

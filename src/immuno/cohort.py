@@ -366,15 +366,9 @@ def gate_cohort(
             t.insert(0, "sample_id", res.sample_id)
             tables.append(t)
         params.append(realised_params([r for r in results if r.error is None], template))
-        timed = sorted(
-            {
-                g.id
-                for r in results
-                if r.error is None
-                for g in r.strategy.gates.values()
-                if any(d.channel.strip().lower() == "time" for d in g.dims)
-            }
-        )
+        from .gatingml import time_gates
+
+        timed = sorted({g for r in results if r.error is None for g in time_gates(r.strategy)})
         if timed:
             log.warning(
                 "panel %s: gates on the Time channel (%s) in results/gates/*.xml hold time as "

@@ -913,6 +913,18 @@ def _anndata_vars(template, fcs) -> tuple[list[str], list[Dimension], dict[str, 
     return names, dims, facts
 
 
+def _kept_events(recs, cap: int | None) -> list[int]:
+    """Events each sample contributes: its ``$TOT`` (TEXT only), at most ``cap``."""
+    from .read import read_text
+
+    sizes = []
+    for rec in recs:
+        _, text = read_text(rec["fcs_path"])
+        tot = int((text.get("$TOT") or "0").strip() or 0)
+        sizes.append(tot if cap is None else min(tot, cap))
+    return sizes
+
+
 def export_anndata(
     samples,
     panel,
@@ -979,7 +991,7 @@ def export_anndata(
     import pandas as pd
     from anndata.io import write_elem
 
-    from .read import read_fcs, read_text
+    from .read import read_fcs
 
     if max_events_per_sample is not None and int(max_events_per_sample) < 1:
         raise ConfigError(
@@ -990,11 +1002,7 @@ def export_anndata(
     cap = None if max_events_per_sample is None else int(max_events_per_sample)
     template = _panel_of(panel)
     recs = _records(samples, ("sample_id", "fcs_path", "gates"))
-    sizes = []
-    for rec in recs:
-        _, text = read_text(rec["fcs_path"])
-        tot = int((text.get("$TOT") or "0").strip() or 0)
-        sizes.append(tot if cap is None else min(tot, cap))
+    sizes = _kept_events(recs, cap)
     n_obs = int(sum(sizes))
     sids = [str(r["sample_id"]) for r in recs]
     study = {col: _study_codes(recs, col) for col in ("patient_id", "dose_group", "panel")}

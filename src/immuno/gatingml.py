@@ -630,6 +630,19 @@ def _name_info(el: ET.Element, name: str) -> None:
     ET.SubElement(ci, f"{{{IMMUNO_NS}}}name").text = name
 
 
+def time_gates(strategy: GatingStrategy) -> list[str]:
+    """Ids of the gates with a dimension on the ``Time`` channel (sorted): Gating-ML
+    gives time as stored / ``$PnG``, FlowKit also multiplies it by ``$TIMESTEP``."""
+    return sorted(
+        {
+            g.id
+            for g in strategy.gates.values()
+            for d in g.dims
+            if d.channel.strip().lower() == "time"
+        }
+    )
+
+
 def write_gatingml(
     strategy: GatingStrategy, path: str | os.PathLike, *, warn_time: bool = True
 ) -> None:
@@ -675,7 +688,7 @@ def write_gatingml(
                 if c != "FCS" and c not in strategy.compensations:
                     raise GatingError(f"unknown compensation {c!r}", field=c)
                 used_c.append(c)
-    timed = sorted({g.id for g in order for d in g.dims if d.channel.strip().lower() == "time"})
+    timed = time_gates(strategy)
     if timed and warn_time:
         log.warning(
             "%s: %s gate(s) on the Time channel (%s). Gating-ML time values are the stored "

@@ -286,10 +286,22 @@ class _MirroredAtX1(Transform):
     fast approximation is a lookup table over one half (see :func:`_odd_table`)."""
 
     _x1: float
+    #: The Gating-ML type name written by :meth:`spec`.
+    _type: str
 
     def approx(self, x, x_max):
         table = _odd_table(self, self._x1, x_max)
         return None if table is None else (table(x), table.error(np.asarray(x).dtype))
+
+    def spec(self):
+        return {
+            "type": self._type,
+            "T": self.T,
+            "W": self.W,
+            "M": self.M,
+            "A": self.A,
+            **self._bounds_spec(),
+        }
 
 
 class Logicle(_MirroredAtX1):
@@ -311,6 +323,8 @@ class Logicle(_MirroredAtX1):
     solves ``B(y) = |x|`` on ``y >= x1`` by Newton steps safeguarded by bisection
     (converged to a few ulp for every finite input).
     """
+
+    _type = "logicle"
 
     def __init__(
         self,
@@ -406,16 +420,6 @@ class Logicle(_MirroredAtX1):
         slope = float(self._dbiexp(np.array(y_min)))
         return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
 
-    def spec(self):
-        return {
-            "type": "logicle",
-            "T": self.T,
-            "W": self.W,
-            "M": self.M,
-            "A": self.A,
-            **self._bounds_spec(),
-        }
-
     def __repr__(self) -> str:
         return f"Logicle(T={self.T:g}, W={self.W:g}, M={self.M:g}, A={self.A:g})"
 
@@ -430,6 +434,8 @@ class Hyperlog(_MirroredAtX1):
     ``f/a = e^(b x1) + (c/a) x1``, ``a = T / (e^b + c/a - f/a)``). ``y = 1`` at
     ``x = T``. ``apply`` solves ``EH(y) = |x|`` like :class:`Logicle`.
     """
+
+    _type = "hyperlog"
 
     def __init__(
         self,
@@ -504,16 +510,6 @@ class Hyperlog(_MirroredAtX1):
         # EH' = a b e^(by) + c is increasing on y >= x1: its minimum is at x1.
         slope = float(self._deh(np.array(self._x1)))
         return None if not slope > 0 else (1.0 / slope) * (1 + 1e-9)
-
-    def spec(self):
-        return {
-            "type": "hyperlog",
-            "T": self.T,
-            "W": self.W,
-            "M": self.M,
-            "A": self.A,
-            **self._bounds_spec(),
-        }
 
     def __repr__(self) -> str:
         return f"Hyperlog(T={self.T:g}, W={self.W:g}, M={self.M:g}, A={self.A:g})"
