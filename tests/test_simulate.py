@@ -6,6 +6,7 @@ import csv
 import re
 from pathlib import Path
 
+import flowio
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from immuno import simulate as sim
 from immuno.cli import main as cli_main
 from immuno.errors import ConfigError
 from immuno.read import read_fcs, read_text
+from immuno.transform import Logicle
 
 EVENTS = 2000
 SHEET_COLUMNS = [
@@ -64,10 +66,11 @@ def _labels(cohort: Path, sid: str) -> np.ndarray:
 
 
 def _per_visit_median(rows, value) -> dict[float, float]:
+    """Median per visit month, ignoring NaN (a percentage of an empty parent)."""
     by_visit: dict[float, list[float]] = {}
     for r in rows:
         by_visit.setdefault(float(r["visit_month"]), []).append(value(r))
-    return {v: float(np.median(x)) for v, x in sorted(by_visit.items())}
+    return {v: float(np.nanmedian(x)) for v, x in sorted(by_visit.items())}
 
 
 # --- Determinism and arguments ------------------------------------------------------
@@ -249,6 +252,9 @@ def test_truth_tsv_matches_npz_labels(cohort, sheet, truth):
             assert not np.any(masks[name] & ~parent)  # nested in the parent
             assert int(row["count"]) == int(masks[name].sum())
             assert int(row["parent_count"]) == int(parent.sum())
+            if parent.sum() == 0:  # e.g. no B cell among 2,000 events at a nadir visit
+                assert row["percent_of_parent"] == ""
+                continue
             pct = 100 * masks[name].sum() / parent.sum()
             assert float(row["percent_of_parent"]) == pytest.approx(pct, abs=1e-4)
 
@@ -287,7 +293,7 @@ def test_event_composition(cohort, sheet):
 
 
 def _pct(truth, population):
-    return lambda r: float(truth[(r["sample_id"], population)]["percent_of_parent"])
+    return lambda r: float(truth[(r["sample_id"], population)]["percent_of_parent"] or "nan")
 
 
 def test_treg_share_of_cd4_rises_by_4_5_months(sheet, truth):
@@ -407,20 +413,40 @@ def test_scatter_viability_and_doublets(pooled):
 
 def test_clogs_are_time_gaps_with_flagged_events(cohort, sheet):
     text = (cohort / "README.md").read_text()
-    clogged = set(re.findall(r"P\d\d_m[\d.]+_[TB]", text.split("short clog")[1].split("\n\n")[0]))
+    listed = text.split("Files with a clog")[1].split("\n\n")[0]
+    clogged = set(re.findall(r"P\d\d_m[\d.]+_[TB]", listed))
     assert len(clogged) == round(0.05 * len(sheet))
+    shares = []
     for r in sheet:
         with np.load(cohort / "truth" / f"{r['sample_id']}.npz") as z:
             art = z["time_artifact"]
         if r["sample_id"] not in clogged:
             assert not art.any()
             continue
-        assert art.sum() == round(0.01 * EVENTS)
-        first = int(np.argmax(art))
-        t = read_fcs(cohort / r["fcs_path"]).events[:, 10]
-        gap = (t[first] - t[first - 1]) * sim.TIMESTEP
-        assert gap >= 3.0  # seconds without events
-        assert np.median(np.diff(t)) * sim.TIMESTEP < 0.5
+        shares.append(art.mean())
+        _check_clog(read_fcs(cohort / r["fcs_path"]), art, sim.TIMESTEP)
+    assert min(shares) >= 0.02 - 1 / EVENTS and max(shares) <= 0.06 + 1 / EVENTS
+    assert max(shares) - min(shares) > 0.01  # drawn per file, not one fixed share
+
+
+def _check_clog(d, art: np.ndarray, timestep: float) -> None:
+    """A clog: a contiguous block of 2-6% of events after a gap of >= 3 s, at a burst
+    rate, with shifted scatter; steady acquisition before and after."""
+    n = art.size
+    first, last = int(np.argmax(art)), n - int(np.argmax(art[::-1]))
+    assert art[first:last].all()  # one contiguous block in acquisition order
+    assert 0.02 - 1 / n <= art.mean() <= 0.06 + 1 / n
+    assert 0.2 * n <= first and last < n
+    t = d.scaled()[:, d.channel_index("Time")] * timestep  # seconds
+    assert np.all(np.diff(t) >= 0)
+    assert t[first] - t[first - 1] >= 3.0 - timestep  # seconds without events
+    before = (t[first - 1] - t[0]) / (first - 1)  # mean s per event, steady
+    after = (t[-1] - t[last]) / (n - 1 - last)
+    during = (t[last - 1] - t[first]) / (last - 1 - first)
+    assert 0.6 < after / before < 1.6
+    assert during < 0.5 * before  # a burst
+    fsc = d.events[:, d.channel_index("FSC-A")]
+    assert np.median(fsc[art]) < 0.95 * np.median(fsc[~art])
 
 
 def test_out_must_be_a_folder(tmp_path):
@@ -428,3 +454,334 @@ def test_out_must_be_a_folder(tmp_path):
     target.write_text("x")
     with pytest.raises(ConfigError, match="not a folder"):
         sim.simulate_cohort(target, events=1000)
+
+
+# --- Instrument profiles ------------------------------------------------------------
+
+SMALL = {"seed": 6, "events": 3000, "patients": 3}  # 3 patients with 5 clogged files
+LOGICLE = Logicle(262144, 0.5, 4.5, 0)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory) -> dict[str, Path]:
+    """The first 3 patients of seed 6 in every profile: ``{profile: folder}``."""
+    out = {}
+    for name in sim.PROFILES:
+        folder = tmp_path_factory.mktemp(f"small_{name}")
+        sim.simulate_cohort(folder, profile=name, **SMALL)
+        out[name] = folder
+    return out
+
+
+def _sheet_of(folder: Path) -> list[dict[str, str]]:
+    return _read_tsv(folder / "samples.tsv")
+
+
+def _pn(text: dict[str, str], letter: str) -> list[str]:
+    return [text[f"$P{i}{letter}"] for i in range(1, int(text["$PAR"]) + 1)]
+
+
+def test_profiles_are_exported():
+    assert {"fortessa", "canto_export", "log1024"} <= set(sim.PROFILES)
+    fortessa = sim.PROFILES["fortessa"]
+    assert fortessa.channels == sim.CHANNELS and fortessa.timestep == sim.TIMESTEP
+    assignments = {
+        (name, panel): p.assignment[panel] for name, p in sim.PROFILES.items() for panel in "TB"
+    }
+    for panel in "TB":  # every profile puts the markers on other detectors
+        names = [assignments[(n, panel)] for n in sim.PROFILES]
+        assert len({tuple(a) for a in names}) == len(names)
+    assert len(sim.PROFILES["canto_export"].detectors) == 8
+
+
+@pytest.mark.parametrize("profile", sorted(sim.PROFILES))
+def test_every_profile_reads_back_with_tot_events(small, profile):
+    prof = sim.PROFILES[profile]
+    folder = small[profile]
+    sheet = _sheet_of(folder)
+    assert {r["patient_id"] for r in sheet} == {"P01", "P02", "P03"}
+    for r in sheet:
+        d = read_fcs(folder / r["fcs_path"])
+        assert d.warnings == []
+        assert d.n_events == int(d.text["$TOT"]) == SMALL["events"]
+        assert d.channels == list(prof.channels)
+        assert d.text["$TIMESTEP"] == f"{prof.timestep:g}"
+        # Markers ($PnS) on the profile's detectors; the viability name per patient.
+        panel = r["panel"]
+        expected = dict(zip(prof.assignment[panel], sim.PANEL_MARKERS[panel], strict=True))
+        for det, marker in zip(d.channels, d.markers, strict=True):
+            want = expected.get(det, "")
+            if want == sim.VIABILITY:
+                assert marker in sim.VIABILITY_NAMES
+            else:
+                assert marker == want, (det, marker)
+        names, s = d.spillover()
+        assert names == list(prof.detectors) and np.all(np.diag(s) == 1.0)
+        fd = flowio.FlowData(str(folder / r["fcs_path"]))
+        assert fd.event_count == SMALL["events"]
+        np.testing.assert_array_equal(fd.as_array(preprocess=False), d.events)
+
+
+def test_fortessa_profile_is_float_linear_uncompensated(small):
+    folder = small["fortessa"]
+    for r in _sheet_of(folder)[:6]:
+        d = read_fcs(folder / r["fcs_path"])
+        assert d.text["$DATATYPE"] == "F" and set(_pn(d.text, "B")) == {"32"}
+        assert set(_pn(d.text, "R")) == {"262144"} and set(_pn(d.text, "E")) == {"0,0"}
+        assert d.events.dtype == np.float32 and d.events[:, 3:10].min() < 0  # raw negatives
+
+
+def test_canto_export_is_compensated_logicle_0_4096(small):
+    folder = small["canto_export"]
+    single, double = [], []
+    for r in _sheet_of(folder):
+        d = read_fcs(folder / r["fcs_path"])
+        text = d.text
+        assert text["$DATATYPE"] == "F"
+        assert _pn(text, "R") == ["262144"] * 3 + ["4096"] * 8 + ["262144"]
+        assert set(_pn(text, "E")) == {"0,0"}
+        assert text["TRANSFORMATION"] == "custom" and text["FLOWCORE_$P4RMAX"] == "4096"
+        fl = d.events[:, 3:11]
+        assert fl.min() >= 0.0 and fl.max() <= 4096.0
+        assert np.median(fl) > 300  # logicle scale, not raw linear values near 0
+        assert np.all(d.events[:, :3] >= 0) and d.events[:, :3].max() > 4096  # raw scatter
+        t = d.events[:, 11]
+        assert np.all(t == np.round(t)) and t.max() * 0.001 > 50  # whole ticks of 1 ms
+        # The unused detector holds no marker: autofluorescence and residual spread only.
+        unused = [c for c, m in zip(d.channels[3:11], d.markers[3:11], strict=True) if not m]
+        assert len(unused) == 1
+        empty = LOGICLE.inverse(d.events[:, d.channel_index(unused[0])] / 4096.0)
+        assert -20 < np.median(empty) < 150 and np.quantile(empty, 0.99) < 800
+        if r["panel"] != "T":
+            continue
+        # Already compensated: CD8 T cells are CD4- in PerCP-Cy5-5-A (which PE, CD127
+        # here, spills into); compensating again pushes them far below zero.
+        names, s = d.spillover()
+        x = LOGICLE.inverse(fl.astype(np.float64) / 4096.0)
+        cells = _labels(folder, r["sample_id"]) == "t_cd8"
+        if cells.sum() < 30:
+            continue
+        j = names.index("PerCP-Cy5-5-A")
+        single.append(np.median(x[cells, j]))
+        double.append(np.median((x @ np.linalg.inv(s))[cells, j]))
+    assert len(single) >= 5
+    assert max(abs(v) for v in single) < 100
+    assert np.median(double) < np.median(single) - 80
+
+
+def test_log1024_is_integer_log_amplified(small):
+    folder = small["log1024"]
+    negatives, brightest, fsc, spilled, compensated = [], [], [], [], []
+    for r in _sheet_of(folder):
+        d = read_fcs(folder / r["fcs_path"])
+        text = d.text
+        assert text["$DATATYPE"] == "I" and set(_pn(text, "B")) == {"16"}
+        assert set(_pn(text, "R")) == {"1024"}
+        assert _pn(text, "E") == ["0,0"] * 3 + ["4,0"] * 7 + ["0,0"]
+        assert text["$TIMESTEP"] == "0.2"
+        x = d.events
+        assert np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= 1023
+        lin = d.scaled()
+        decoded = 10 ** (4 * x[:, 3:10].astype(np.float64) / 1024)
+        np.testing.assert_allclose(lin[:, 3:10], decoded, rtol=1e-12)
+        np.testing.assert_array_equal(lin[:, :3], x[:, :3])  # scatter is linear
+        names = _labels(folder, r["sample_id"])
+        if r["panel"] == "B":  # NK cells: negative for CD19 and IgD (and their spill sources)
+            for marker in ("CD19", "IgD"):
+                negatives.append(np.median(lin[names == "nk", d.markers.index(marker)]))
+        live = ~np.char.startswith(names, "dead_") & ~np.isin(names, ["debris", "doublet"])
+        brightest.append(np.quantile(lin[live, 3:9], 0.999))
+        lymph = np.isin(names, ["t_cd4_conv", "t_cd8", "t_cell", "nk"])
+        fsc.append(np.median(x[lymph, 0]))
+        if r["panel"] == "B":  # $SPILLOVER applies to the decoded values: CD3 (FL1) of T
+            names_s, s = d.spillover()  # cells spills into IgD (FL2), compensation removes it
+            j = d.channel_index("FL2-A")
+            comp = lin[:, 3:10] @ np.linalg.inv(s)
+            spilled.append(np.median(lin[names == "t_cell", j]))
+            compensated.append(np.median(comp[names == "t_cell", names_s.index("FL2-A")]))
+        fd = flowio.FlowData(str(folder / r["fcs_path"]))  # flowio decodes $PnE alike
+        np.testing.assert_allclose(fd.as_array(preprocess=True)[:, 3:10], lin[:, 3:10])
+    assert 1.0 <= min(negatives) and np.median(negatives) <= 12.0
+    assert max(brightest) < 1e4
+    assert 150 <= np.median(fsc) <= 350
+    assert min(spilled) > 50 and max(compensated) < 15
+
+
+@pytest.mark.parametrize("profile", sorted(sim.PROFILES))
+def test_same_arguments_same_bytes_in_every_profile(small, profile, tmp_path):
+    sim.simulate_cohort(tmp_path, profile=profile, **SMALL)
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    ref = small[profile]
+    assert files == sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / rel).read_bytes() == (small[profile] / rel).read_bytes(), rel
+
+
+def test_truth_is_the_same_in_every_profile(small):
+    ref = small["fortessa"]
+    for name in ("canto_export", "log1024"):
+        for rel in ["truth.tsv", "samples.tsv", *(f"truth/{p.name}" for p in ref.glob("truth/*"))]:
+            assert (small[name] / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    a = (ref / "fcs/P01_m0_T.fcs").read_bytes()
+    assert a != (small["canto_export"] / "fcs/P01_m0_T.fcs").read_bytes()
+
+
+def test_first_patients_are_those_of_a_larger_cohort(small, tmp_path):
+    sim.simulate_cohort(tmp_path, seed=6, events=3000, patients=2)
+    sheet = _sheet_of(tmp_path)
+    assert {r["patient_id"] for r in sheet} == {"P01", "P02"}
+    for r in sheet:
+        assert (tmp_path / r["fcs_path"]).read_bytes() == (
+            small["fortessa"] / r["fcs_path"]
+        ).read_bytes()
+    assert "the first 2 of 23 patients" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.parametrize("profile", sorted(sim.PROFILES))
+def test_clogs_in_every_profile(small, profile):
+    folder = small[profile]
+    prof = sim.PROFILES[profile]
+    n_clogged = 0
+    for r in _sheet_of(folder):
+        with np.load(folder / "truth" / f"{r['sample_id']}.npz") as z:
+            art = z["time_artifact"]
+        if art.any():
+            n_clogged += 1
+            _check_clog(read_fcs(folder / r["fcs_path"]), art, prof.timestep)
+    assert n_clogged == 5
+    listed = (folder / "README.md").read_text().split("Files with a clog")[1]
+    assert listed.split("\n\n")[0].count("_m") == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"profile": "aria"}, "profile"),
+        ({"profile": None}, "profile"),
+        ({"patients": 0}, "patients"),
+        ({"patients": 24}, "patients"),
+        ({"patients": True}, "patients"),
+        ({"patients": 2.0}, "patients"),
+    ],
+)
+def test_bad_profile_or_patients_is_a_config_error(tmp_path, kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        sim.simulate_cohort(tmp_path, events=1000, **kwargs)
+    assert info.value.field == field
+    assert not (tmp_path / "samples.tsv").exists()
+
+
+def test_cli_profile_and_patients(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["simulate", "--out", str(out), "--events", "1000", "--seed", "3"]
+    assert cli_main([*argv, "--profile", "log1024", "--patients", "1"]) == 0
+    sheet = _sheet_of(out)
+    assert {r["patient_id"] for r in sheet} == {"P01"}
+    assert read_text(out / sheet[0]["fcs_path"])[1]["$DATATYPE"] == "I"
+    assert cli_main([*argv, "--profile", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "ConfigError" in err and "profile" in err and err.count("\n") == 1
+    from immuno.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["simulate"]
+    help_text = " ".join(sub.format_help().split())
+    assert all(name in help_text for name in sim.PROFILES)
+
+
+# --- Harder biology -----------------------------------------------------------------
+
+
+def _composition_of(cohort: Path, sid: str) -> dict[str, float]:
+    names = _labels(cohort, sid)
+    m = sim.truth_masks(cohort / "truth" / f"{sid}.npz")
+    lymph = int(m["lymphocytes"].sum())
+    return {
+        "lymph": lymph,
+        "lymph_of_live": lymph / max(int(m["live"].sum()), 1),
+        "mono_debris": int(np.sum(names == "monocyte") + np.sum(names == "debris")),
+        "granulocyte_of_cells": float(np.mean(names[m["singlets"]] == "granulocyte")),
+    }
+
+
+def test_depleted_visits_have_more_monocytes_and_debris_than_lymphocytes(small, cohort, sheet):
+    comp = {r["sample_id"]: _composition_of(small["fortessa"], r["sample_id"])
+            for r in _sheet_of(small["fortessa"])}  # fmt: skip
+    heavy = [c for c in comp.values() if c["mono_debris"] > 2 * c["lymph"]]
+    assert any(c["lymph_of_live"] < 0.25 for c in heavy)
+    # Whole cohort: every nadir file, and strongly depleted patients most of all.
+    effects = [sim._patient_effects(7, p) for p in range(23)]
+    strong = {sim.patient_id(p) for p, e in enumerate(effects) if e["strong_depletion"]}
+    share: dict[bool, list[float]] = {True: [], False: []}
+    for r in sheet:
+        if r["visit_month"] in ("1.5", "7.5"):
+            c = _composition_of(cohort, r["sample_id"])
+            assert c["mono_debris"] > c["lymph"], r["sample_id"]
+            share[r["patient_id"] in strong].append(c["lymph_of_live"])
+    assert 3 <= len(strong) <= 12
+    assert 0.08 <= np.median(share[True]) <= 0.25
+    assert np.median(share[True]) < np.median(share[False]) - 0.03
+
+
+def test_low_density_granulocytes_in_a_share_of_files(cohort, sheet):
+    by_visit: dict[tuple[str, str], set[bool]] = {}
+    shares = []
+    for r in sheet:
+        c = _composition_of(cohort, r["sample_id"])
+        shares.append(c["granulocyte_of_cells"])
+        by_visit.setdefault((r["patient_id"], r["visit_month"]), set()).add(shares[-1] > 0)
+    shares_a = np.array(shares)
+    assert 0.15 <= np.mean(shares_a > 0) <= 0.75
+    assert shares_a.max() <= 0.12 and shares_a.max() >= 0.06
+    assert all(len(v) == 1 for v in by_visit.values() if any(v))  # both tubes or neither
+    # High SSC, not lymphocytes.
+    r = sheet[int(np.argmax(shares_a))]
+    names = _labels(cohort, r["sample_id"])
+    ssc = read_fcs(cohort / r["fcs_path"]).events[:, 2]
+    gran = names == "granulocyte"
+    lymph = sim.truth_masks(cohort / "truth" / f"{r['sample_id']}.npz")["lymphocytes"]
+    assert not np.any(lymph & gran)
+    assert np.median(ssc[gran]) > 4 * np.median(ssc[lymph])
+    assert "granulocyte" in sim.LEGENDS["T"] and "dead_granulocyte" in sim.LEGENDS["B"]
+
+
+def test_igd_is_one_peak_with_a_shoulder_in_some_patients(cohort, sheet):
+    """Ashman's D of logicle IgD between naive and IgD- memory B cells: < 2 (no clear
+    bimodality) in shoulder patients, well separated (> 3) in the others."""
+    shoulder = {sim.patient_id(p) for p in range(23) if sim._patient_effects(7, p)["shoulder"]}
+    assert 2 <= len(shoulder) <= 12
+    d_of: dict[bool, list[float]] = {True: [], False: []}
+    dim_share: dict[bool, list[float]] = {True: [], False: []}
+    for r in sheet:
+        if float(r["visit_month"]) < 3:
+            continue
+        x, channels = _compensated(cohort / r["fcs_path"])
+        names = _labels(cohort, r["sample_id"])
+        if r["panel"] == "B":
+            y = LOGICLE.apply(x[:, channels.index("FITC-A")])  # IgD on the Fortessa
+            naive = y[names == "b_naive"]
+            memory = y[np.isin(names, ["b_memory_switched", "b_dn"])]
+            if memory.size >= 15:
+                dd = np.sqrt(2) * abs(naive.mean() - memory.mean())
+                d_of[r["patient_id"] in shoulder].append(dd / np.sqrt(naive.var() + memory.var()))
+        else:
+            cd4 = x[names == "t_cd4_conv", channels.index("APC-A")]
+            if cd4.size >= 50:
+                dim_share[r["patient_id"] in shoulder].append(np.mean(cd4 < 0.55 * np.median(cd4)))
+    assert len(d_of[True]) >= 3 and len(d_of[False]) >= 10
+    assert np.median(d_of[True]) < 2.0 and np.median(d_of[False]) > 3.0
+    assert np.median(dim_share[True]) > np.median(dim_share[False]) + 0.05
+
+
+def test_marker_and_scatter_scales_vary_widely(cohort, sheet):
+    assert sim.MARKER_SCALE_RANGE[0] <= 0.6 and sim.MARKER_SCALE_RANGE[1] >= 1.5
+    assert sim.SCATTER_SCALE_RANGE[0] <= 0.75 and sim.SCATTER_SCALE_RANGE[1] >= 1.3
+    cd3, fsc = [], []
+    for r in sheet[::4]:
+        if r["panel"] != "T":
+            continue
+        x, channels = _compensated(cohort / r["fcs_path"])
+        cd8 = _labels(cohort, r["sample_id"]) == "t_cd8"
+        cd3.append(np.median(x[cd8, channels.index("FITC-A")]))
+        fsc.append(np.median(x[cd8, 0]))
+    assert max(cd3) / min(cd3) > 2.0
+    assert max(fsc) / min(fsc) > 1.4

@@ -256,3 +256,105 @@ def test_format_spillover():
         format_spillover(["A", "A"], np.eye(2))
     with pytest.raises(FCSError):
         format_spillover(["A", "B"], [[1, np.nan], [0, 1]])
+
+
+# --- 16-bit integer data and $PnE ---------------------------------------------------
+
+LOG_AMP = [None, None, (4, 0), (4, 0), (4, 1), None]  # FITC, PE, APC log; scatter, Time linear
+
+
+def _channel_numbers(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 1024, (n, len(CHANNELS)))
+    x[:, -1] = np.sort(rng.integers(0, 1024, n))
+    x[0, :] = 1023  # the top of the range
+    x[1, :] = 0
+    return x
+
+
+def _int_written(tmp_path, events, **kw):
+    ranges = {f"$P{i}R": "1024" for i in range(1, len(CHANNELS) + 1)}
+    return write_fcs(
+        tmp_path / "i.fcs",
+        events,
+        CHANNELS,
+        MARKERS,
+        text={"$TIMESTEP": "0.2", **ranges},
+        spillover=(DETECTORS, SPILL),
+        datatype="I",
+        amplification=LOG_AMP,
+        **kw,
+    )
+
+
+def test_integer_round_trip_immuno_reader(tmp_path):
+    events = _channel_numbers(500)
+    path = _int_written(tmp_path, events)
+    d = read_fcs(path)
+    assert d.warnings == [] and d.n_events == int(d.text["$TOT"]) == 500
+    np.testing.assert_array_equal(d.events, events)
+    t = d.text
+    assert t["$DATATYPE"] == "I" and t["$BYTEORD"] == "1,2,3,4"
+    assert [t[f"$P{n}B"] for n in range(1, 7)] == ["16"] * 6
+    assert [t[f"$P{n}R"] for n in range(1, 7)] == ["1024"] * 6
+    assert [t[f"$P{n}E"] for n in range(1, 7)] == ["0,0", "0,0", "4,0", "4,0", "4,1", "0,0"]
+    off = _header_offsets(path)
+    assert off[3] - off[2] + 1 == 500 * 6 * 2  # two bytes per value
+    # scaled() decodes the log channels (f2 = 0 counts as 1) and leaves the rest linear.
+    lin = d.scaled()
+    x = events.astype(np.float64)
+    np.testing.assert_allclose(lin[:, 2:5], 10 ** (4 * x[:, 2:5] / 1024), rtol=1e-12)
+    np.testing.assert_array_equal(lin[:, [0, 1, 5]], x[:, [0, 1, 5]])
+    assert lin[:, 2:5].min() == 1.0 and lin[:, 2:5].max() == pytest.approx(10 ** (4 * 1023 / 1024))
+    names, matrix = d.spillover()
+    assert names == DETECTORS
+    np.testing.assert_array_equal(matrix, SPILL)
+
+
+def test_integer_round_trip_flowio(tmp_path):
+    events = _channel_numbers(300, seed=1)
+    path = _int_written(tmp_path, events)
+    fd = flowio.FlowData(str(path))
+    assert fd.event_count == 300 and fd.text["datatype"] == "I"
+    np.testing.assert_array_equal(fd.as_array(preprocess=False), events)
+    decoded = fd.as_array(preprocess=True)
+    np.testing.assert_allclose(decoded[:, 2:5], read_fcs(path).scaled()[:, 2:5], rtol=1e-12)
+    np.testing.assert_allclose(decoded[:, 5], events[:, 5] * 0.2)  # flowio applies $TIMESTEP
+
+
+def test_integer_default_range_and_bytes(tmp_path):
+    events = np.array([[0, 1, 65535], [7, 8, 9]])
+    a = write_fcs(tmp_path / "a.fcs", events, ["A", "B", "C"], ["", "", ""], datatype="I")
+    b = write_fcs(tmp_path / "b.fcs", events, ["A", "B", "C"], ["", "", ""], datatype="i")
+    assert a.read_bytes() == b.read_bytes()
+    d = read_fcs(a)
+    assert [d.text[f"$P{n}R"] for n in (1, 2, 3)] == ["65536"] * 3
+    np.testing.assert_array_equal(d.events, events)
+    # Whole numbers held as floats are fine.
+    c = write_fcs(tmp_path / "c.fcs", events.astype(float), ["A", "B", "C"], ["", "", ""],
+                  datatype="I")  # fmt: skip
+    assert c.read_bytes() == a.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "events, kwargs, field",
+    [
+        ([[0.5, 1, 2]], {"datatype": "I"}, "$DATATYPE"),
+        ([[-1, 1, 2]], {"datatype": "I"}, "A"),
+        ([[0, 1, 65536]], {"datatype": "I"}, "C"),
+        ([[0, 1024, 2]], {"datatype": "I", "text": {"$P2R": "1024"}}, "B"),
+        ([[0, 1, 2]], {"datatype": "I", "text": {"$P2R": "131072"}}, "$P2R"),
+        ([[0, 1, 2]], {"datatype": "D"}, "$DATATYPE"),
+        ([[0, 1, 2]], {"amplification": [None, (4, 0), None]}, "$P2E"),  # float data
+        ([[0, 1, 2]], {"datatype": "I", "amplification": [None, (4, 0)]}, "$PnE"),
+        ([[0, 1, 2]], {"datatype": "I", "amplification": [None, (0, 1), None]}, "$P2E"),
+        ([[0, 1, 2]], {"datatype": "I", "amplification": [None, (-4, 0), None]}, "$P2E"),
+        ([[0, 1, 2]], {"datatype": "I", "amplification": [None, "4", None]}, "$P2E"),
+        ([[0, 1, 2]], {"datatype": "I", "text": {"$P1E": "4,0"}}, "$P1E"),
+    ],
+)
+def test_bad_integer_or_amplification_raises(tmp_path, events, kwargs, field):
+    with pytest.raises(FCSError) as info:
+        write_fcs(tmp_path / "bad.fcs", np.array(events), ["A", "B", "C"], ["", "", ""], **kwargs)
+    assert info.value.field == field
+    assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate_cohort
 
-    simulate_cohort(args.out, seed=args.seed, events=args.events)
+    simulate_cohort(
+        args.out,
+        seed=args.seed,
+        events=args.events,
+        profile=args.profile,
+        patients=args.patients,
+    )
     return 0
 
 
@@ -59,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (FCS files, truth, samples.tsv)")
     s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     s.add_argument("--events", type=int, default=20000, help="events per FCS file (<= 1,000,000)")
+    s.add_argument(
+        "--profile",
+        default="fortessa",
+        help="instrument profile: fortessa (default; float, linear, uncompensated), "
+        "canto_export (flowCore export: compensated, logicle 0..4096) or log1024 "
+        "(16-bit integers, 4-decade log fluorescence, 0..1023)",
+    )
+    s.add_argument(
+        "--patients",
+        type=int,
+        default=None,
+        help="simulate only the first N of the 23 patients (default: all)",
+    )
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("apply-gates", help="apply a gating file to one FCS file")

@@ -1,13 +1,16 @@
 """Write FCS 3.1 files.
 
 Calling convention: ``write_fcs(path, events, channels, markers, *, text=None,
-spillover=None) -> Path``. ``events`` is an ``(n_events, n_channels)`` array of
-raw channel values (any real dtype; stored as 32-bit little-endian floats, so
-values are rounded to float32) in the order of ``channels``. The file is one
-list-mode data set (``$MODE L``, ``$DATATYPE F``, ``$BYTEORD 1,2,3,4``,
-``$NEXTDATA 0``) with linear channels (``$PnE 0,0``, ``$PnG 1``) and, when
-given, an acquisition-defined ``$SPILLOVER`` matrix. :func:`immuno.read.read_fcs`
-reads it back exactly.
+spillover=None, datatype="F", amplification=None) -> Path``. ``events`` is an
+``(n_events, n_channels)`` array of raw channel values in the order of
+``channels``. The file is one list-mode data set (``$MODE L``, ``$BYTEORD
+1,2,3,4``, ``$NEXTDATA 0``, ``$PnG 1``) and, when given, an acquisition-defined
+``$SPILLOVER`` matrix. Data are either 32-bit little-endian floats (``$DATATYPE
+F``, the default; values are rounded to float32, every channel linear, ``$PnE
+0,0``) or 16-bit unsigned integers (``$DATATYPE I``, ``$PnB 16``: whole channel
+numbers ``0 .. $PnR - 1``, as analogue instruments write them), whose channels
+may be log-amplified (``$PnE f1,f2``: ``f1`` decades). :func:`immuno.read.read_fcs`
+reads both back exactly; :meth:`immuno.read.FCSData.scaled` decodes ``$PnE``.
 
 Nothing time-dependent (date, clock time, host) is written unless the caller
 passes it in ``text``, so equal inputs give byte-identical files. A file is
@@ -38,6 +41,8 @@ _HEADER_LEN = 58
 # this byte is recorded as 0,0 in the HEADER and found through TEXT keywords.
 _HEADER_MAX_OFFSET = 99_999_999
 _DEFAULT_RANGE = 262144
+_INT_BITS = 16  # $DATATYPE I: unsigned 16-bit channel numbers
+_INT_MAX = (1 << _INT_BITS) - 1
 # Keywords the writer owns: they describe the layout of the file it writes.
 _STRUCTURAL = frozenset(
     {
@@ -107,8 +112,10 @@ def write_fcs(
     *,
     text: Mapping[str, object] | None = None,
     spillover: tuple[Sequence[str], object] | None = None,
+    datatype: str = "F",
+    amplification: Sequence[tuple[float, float] | None] | None = None,
 ) -> Path:
-    """Write one list-mode FCS 3.1 file of 32-bit float events.
+    """Write one list-mode FCS 3.1 file of 32-bit float or 16-bit integer events.
 
     Parameters
     ----------
@@ -116,9 +123,11 @@ def write_fcs(
         Destination file; its folder must exist. An existing file is replaced
         atomically.
     events
-        ``(n_events, n_channels)`` raw channel values in the instrument's linear
-        units (arbitrary fluorescence/scatter units, Time in ``$TIMESTEP``
-        ticks). Stored as float32 little-endian; must be finite.
+        ``(n_events, n_channels)`` raw channel values: for ``datatype="F"`` the
+        instrument's linear units (arbitrary fluorescence/scatter units, Time in
+        ``$TIMESTEP`` ticks), stored as float32 little-endian, finite; for
+        ``datatype="I"`` whole channel numbers (dimensionless) from 0 to the
+        channel's ``$PnR - 1`` (at most 65,535), stored as little-endian uint16.
     channels
         ``$PnN`` short names (detector names, e.g. ``"FITC-A"``), unique,
         one per column.
@@ -130,12 +139,25 @@ def write_fcs(
         values turned into strings. Keyword case is kept, but a key that
         differs only in case from another, or that names a keyword the writer
         sets from the layout (``$TOT``, ``$PAR``, ``$BEGINDATA``, ``$PnN``,
-        ``$PnS``, ``$PnB``, ``$PnE``, ...), is an error. ``$PnR`` (default 262144,
-        or the next power of two above the channel's largest value) and
-        ``$PnG`` (default 1) may be given here.
+        ``$PnS``, ``$PnB``, ``$PnE``, ...), is an error. ``$PnR`` and ``$PnG``
+        (default 1) may be given here, per channel. ``$PnR`` defaults to 262144
+        (or the next power of two above the channel's largest value) for float
+        data and to 65536 for integer data; integer values must lie below it.
     spillover
         ``(detector_names, matrix)``: written as ``$SPILLOVER`` (see
         :func:`format_spillover`); every name must be one of ``channels``.
+        The matrix applies to linear values (for log-amplified channels, the
+        values decoded from ``$PnE``).
+    datatype
+        ``"F"`` (32-bit float, ``$PnB 32``) or ``"I"`` (16-bit unsigned
+        integer, ``$PnB 16``).
+    amplification
+        Per channel ``(f1, f2)`` written as ``$PnE f1,f2``, or ``None`` (the
+        default, and per entry) for a linear channel (``0,0``). ``f1 > 0`` is a
+        log-amplified integer channel of ``f1`` decades: channel number ``x``
+        means the linear value ``f2 * 10**(f1 * x / $PnR)``. ``f2 = 0`` (as
+        analogue instruments write ``4,0``) is read as 1 by :mod:`immuno.read`
+        and FlowIO. FCS 3.1 allows only ``0,0`` on float channels.
 
     Returns
     -------
@@ -145,10 +167,12 @@ def write_fcs(
     Raises
     ------
     FCSError
-        Shapes or names do not agree, values are not finite, or a keyword or
-        value cannot be written: empty, or starting with the ``/`` delimiter
-        (the standard forbids both), or a keyword name containing ``/``. A
-        ``/`` inside a value is written doubled, as the standard requires.
+        Shapes or names do not agree, values are not finite (float data) or
+        not whole numbers inside ``0 .. $PnR - 1`` (integer data), ``datatype``
+        or ``amplification`` is invalid, or a keyword or value cannot be
+        written: empty, or starting with the ``/`` delimiter (the standard
+        forbids both), or a keyword name containing ``/``. A ``/`` inside a
+        value is written doubled, as the standard requires.
     """
     path = Path(path)
     spath = str(path)
@@ -172,21 +196,37 @@ def write_fcs(
         )
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise FCSError(f"events have dtype {arr.dtype}, not real numbers", file=spath)
-    data = np.ascontiguousarray(arr, dtype="<f4")
-    if not np.all(np.isfinite(data)):
-        bad_cols = [channels[j] for j in np.flatnonzero(~np.isfinite(data).all(axis=0))]
+    kind = str(datatype).strip().upper()
+    if kind not in ("F", "I"):
         raise FCSError(
-            "events hold NaN or infinity (or values beyond float32)",
+            f"datatype {datatype!r} cannot be written",
             file=spath,
-            field=", ".join(bad_cols),
-            hint="replace or drop non-finite values before writing",
+            field="$DATATYPE",
+            hint="use 'F' (32-bit float) or 'I' (16-bit unsigned integer)",
         )
     if len(set(channels)) != npar or any(not c.strip() for c in channels):
         raise FCSError(
             f"channel names must be unique and non-empty: {channels}", file=spath, field="$PnN"
         )
-
+    pne = _amplification(amplification, kind, channels, spath)
     extra = _normalise_text(text, spath, npar)
+    ranges = [extra.pop(f"$P{j + 1}R", None) for j in range(npar)]
+    if kind == "F":
+        data = np.ascontiguousarray(arr, dtype="<f4")
+        if not np.all(np.isfinite(data)):
+            bad_cols = [channels[j] for j in np.flatnonzero(~np.isfinite(data).all(axis=0))]
+            raise FCSError(
+                "events hold NaN or infinity (or values beyond float32)",
+                file=spath,
+                field=", ".join(bad_cols),
+                hint="replace or drop non-finite values before writing",
+            )
+        col_max = data.max(axis=0) if n_events else np.zeros(npar, dtype=np.float32)
+        ranges = [r or str(_default_range(col_max[j])) for j, r in enumerate(ranges)]
+    else:
+        ranges = [r or str(_INT_MAX + 1) for r in ranges]
+        data = _integer_data(arr, channels, ranges, spath)
+    bits = "32" if kind == "F" else str(_INT_BITS)
     keywords: dict[str, str] = {}
     keywords["$BEGINANALYSIS"] = "0"
     keywords["$ENDANALYSIS"] = "0"
@@ -195,20 +235,19 @@ def write_fcs(
     keywords["$BEGINDATA"] = "0"  # fixed below
     keywords["$ENDDATA"] = "0"
     keywords["$BYTEORD"] = "1,2,3,4"
-    keywords["$DATATYPE"] = "F"
+    keywords["$DATATYPE"] = kind
     keywords["$MODE"] = "L"
     keywords["$NEXTDATA"] = "0"
     keywords["$PAR"] = str(npar)
     keywords["$TOT"] = str(n_events)
-    col_max = data.max(axis=0) if n_events else np.zeros(npar, dtype=np.float32)
     for j in range(npar):
         n = j + 1
         keywords[f"$P{n}N"] = channels[j]
         if markers[j].strip():
             keywords[f"$P{n}S"] = markers[j]
-        keywords[f"$P{n}B"] = "32"
-        keywords[f"$P{n}E"] = "0,0"
-        keywords[f"$P{n}R"] = extra.pop(f"$P{n}R", None) or str(_default_range(col_max[j]))
+        keywords[f"$P{n}B"] = bits
+        keywords[f"$P{n}E"] = pne[j]
+        keywords[f"$P{n}R"] = ranges[j]
         keywords[f"$P{n}G"] = extra.pop(f"$P{n}G", None) or "1"
     if spillover is not None:
         if "$SPILLOVER" in extra:
@@ -231,7 +270,7 @@ def write_fcs(
     for key, value in extra.items():
         keywords[key] = value
 
-    row_bytes = 4 * npar
+    row_bytes = data.itemsize * npar
     data_len = n_events * row_bytes
     begin = end = 0
     for _ in range(10):  # the offsets' digits change the TEXT length: find the fixed point
@@ -271,6 +310,93 @@ def _header(text_begin: int, text_end: int, data_begin: int, data_end: int) -> b
     head = "FCS3.1    " + "".join(f"{v:>8d}" for v in fields)
     assert len(head) == _HEADER_LEN
     return head.encode("ascii")
+
+
+def _amplification(amplification, kind: str, channels: list[str], path: str) -> list[str]:
+    """``$PnE`` values (``"f1,f2"``) per channel, checked against the data type."""
+    npar = len(channels)
+    if amplification is None:
+        return ["0,0"] * npar
+    amp = list(amplification)
+    if len(amp) != npar:
+        raise FCSError(
+            f"amplification has {len(amp)} entries for {npar} channels",
+            file=path,
+            field="$PnE",
+            hint="pass one (decades, f2) pair or None per channel",
+        )
+    out = []
+    for j, entry in enumerate(amp):
+        key = f"$P{j + 1}E"
+        if entry is None:
+            out.append("0,0")
+            continue
+        try:
+            f1, f2 = (float(x) for x in entry)
+        except (TypeError, ValueError):
+            raise FCSError(
+                f"amplification of {channels[j]} is {entry!r}, not two numbers",
+                file=path,
+                field=key,
+            ) from None
+        if not (math.isfinite(f1) and math.isfinite(f2)) or f1 < 0 or f2 < 0:
+            raise FCSError(
+                f"amplification of {channels[j]} is ({f1:g}, {f2:g}): decades and f2 must be "
+                "finite and not negative",
+                file=path,
+                field=key,
+            )
+        if f1 == 0 and f2 != 0:
+            raise FCSError(
+                f"amplification of {channels[j]} is (0, {f2:g}): a linear channel is 0,0",
+                file=path,
+                field=key,
+            )
+        if f1 > 0 and kind != "I":
+            raise FCSError(
+                f"channel {channels[j]} is log-amplified but the data are floats",
+                file=path,
+                field=key,
+                hint="FCS 3.1 requires $PnE 0,0 on float channels; write datatype='I'",
+            )
+        out.append(f"{f1:g},{f2:g}")
+    return out
+
+
+def _integer_data(arr: np.ndarray, channels: list[str], ranges: list[str], path: str):
+    """Whole channel numbers as little-endian uint16, each below its ``$PnR``."""
+    values = np.asarray(arr)
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+            raise FCSError(
+                "integer data hold values that are not whole numbers",
+                file=path,
+                field="$DATATYPE",
+                hint="round the channel numbers before writing datatype='I'",
+            )
+    for j, raw in enumerate(ranges):
+        try:
+            top = float(raw)
+        except ValueError:
+            raise FCSError(
+                f"$P{j + 1}R is {raw!r}, not a number", file=path, field=f"$P{j + 1}R"
+            ) from None
+        if not (math.isfinite(top) and 1 < top <= _INT_MAX + 1):
+            raise FCSError(
+                f"$P{j + 1}R is {raw!r}: 16-bit integer channels need a range of 2 to 65536",
+                file=path,
+                field=f"$P{j + 1}R",
+            )
+        col = values[:, j]
+        if col.size and (col.min() < 0 or col.max() >= top):
+            raise FCSError(
+                f"channel {channels[j]} holds values from {col.min():g} to {col.max():g}, "
+                f"outside 0 .. {top - 1:g} ($P{j + 1}R {raw})",
+                file=path,
+                field=channels[j],
+                hint="integer channel numbers must lie in 0 .. $PnR - 1",
+            )
+    return np.ascontiguousarray(values, dtype="<u2")
 
 
 def _default_range(col_max: float) -> int:
