@@ -182,20 +182,36 @@ def test_singlets_excludes_doublets():
     assert (inside == truth).mean() > 0.995
 
 
-def test_time_gate_cuts_a_clog():
+def test_time_gate_removes_only_the_clog_and_keeps_both_sides():
     rng = np.random.default_rng(8)
     t = np.sort(rng.uniform(0, 1000, 20000))
     # A burst: 3000 extra events in [600, 620).
     t = np.sort(np.r_[t, rng.uniform(600, 620, 3000)])
-    g = TimeGate(_spec("time", ["Time"], bins=100, k=5)).fit(t[:, None])
-    kept = g.realise(g.params_, (Dimension("Time"),)).contains(t[:, None])
+    fsc = rng.normal(50000, 5000, len(t))
+    g = TimeGate(_spec("time", ["Time"], k=5))
+    g.partner = Dimension("FSC-A")
+    g.fit(t[:, None])
+    gate = g.realise(g.params_, (Dimension("Time"),))
+    # Two steady stretches: an OR of time ranges, realised as one polygon on (Time, FSC-A).
+    assert isinstance(gate, PolygonGate) and len(g.params_["intervals"]) == 2
+    kept = gate.contains(np.column_stack([t, fsc]))
     assert not kept[(t >= 602) & (t < 618)].any()
-    assert kept.mean() > 0.35  # the longest steady stretch is kept
+    steady = (t < 595) | (t >= 625)
+    assert kept[steady].mean() > 0.99  # before and after the clog
+    # 13% of the events removed: more than 10%, so the file needs review.
+    assert g.review_ and g.review_[0].startswith("time_removed")
+    # The polygon holds exactly the kept intervals, edges between event times.
+    assert np.array_equal(kept, g.params_ and _in_intervals(t, g.params_["intervals"]))
     # A steady acquisition keeps everything and leaves both ends open.
-    steady = np.sort(rng.uniform(0, 1000, 20000))[:, None]
-    g2 = TimeGate(_spec("time", ["Time"])).fit(steady)
+    steady_t = np.sort(rng.uniform(0, 1000, 20000))[:, None]
+    g2 = TimeGate(_spec("time", ["Time"])).fit(steady_t)
     assert g2.params_["min"] is None and g2.params_["max"] is None
-    assert g2.realise(g2.params_, (Dimension("Time"),)).contains(steady).all()
+    assert g2.realise(g2.params_, (Dimension("Time"),)).contains(steady_t).all()
+    assert not g2.review_ and not g2.notes_
+
+
+def _in_intervals(t, intervals):
+    return np.any([(t >= lo) & (t < hi) for lo, hi in intervals], axis=0)
 
 
 # ----------------------------------------------------------------------------- templates
@@ -312,7 +328,9 @@ def test_sparse_sample_borrows_the_patients_threshold(small_cohort):
     res = {r.sample_id: r for r in gate_samples(inputs, t2)}
     fit = res[sparse].fits["cd4"]
     assert fit.source == "patient"
-    assert "borrowed_patient" in fit.flags and "few_events" in fit.flags
+    # Too few events to fit, a gate of the same patient: recorded (info), no review.
+    assert "borrowed_patient" in fit.notes and any(n.startswith("few_events") for n in fit.notes)
+    assert not fit.flags
     same_patient = [
         res[s].fits["cd4"].params
         for s in res
@@ -320,9 +338,9 @@ def test_sparse_sample_borrows_the_patients_threshold(small_cohort):
     ]
     for key in ("CD4", "CD8"):
         assert fit.params[key] == pytest.approx(np.median([p[key] for p in same_patient]))
-    # Its qc_flag reaches the counts table; others are untouched.
+    # Its qc_note reaches the counts table; others are untouched.
     row = res[sparse].table.set_index("population").loc["cd4"]
-    assert "borrowed_patient" in row["qc_flag"]
+    assert "borrowed_patient" in row["qc_note"] and row["qc_flag"] == ""
     others = [s for s in res if s != sparse]
     assert all(res[s].fits["cd4"].source == "fit" for s in others)
 
@@ -344,7 +362,7 @@ def test_patient_without_usable_visits_borrows_from_the_cohort(small_cohort):
         read_fcs(p03.fcs_path), t_hi, sample_id=p03.sample_id, patient_id="P03", borrowed=borrowed
     )
     fit = g.fits["cd4"]
-    assert fit.source == "cohort" and "borrowed_cohort" in fit.flags
+    assert fit.source == "cohort" and "borrowed_cohort" in fit.notes
     assert fit.params["CD4"] == pytest.approx(np.median([p["CD4"] for p in ok]))
 
 
@@ -354,10 +372,13 @@ def test_default_fallback_and_failure_flags(small_cohort):
     fcs = read_fcs(inp.fcs_path)
     template.population("cd3").min_events = 10**9
     template.population("cd3").fallback = ["default"]
+    template.population("cd3").default = {"CD3": 0.45}
     g = gate_one(fcs, template, sample_id=inp.sample_id)
     assert g.fits["cd3"].source == "default"
     assert g.fits["cd3"].params == {"CD3": 0.45}
+    # A fixed default is not fitted to this cohort: review, and so is all below it.
     assert "default_gate" in g.flag("cd3")
+    assert g.flag("cd4") == "upstream_review(cd3)"
     # No fallback at all: the population fails, is empty, and says "fail".
     template.population("cd3").fallback = []
     g = gate_one(fcs, template, sample_id=inp.sample_id)

@@ -66,7 +66,7 @@ def one_sample(table):
 
 def test_columns_are_the_contract_in_order(table):
     assert list(table.columns) == COUNT_COLUMNS
-    assert COUNT_COLUMNS[-3:] == ["percent_of_lymphocytes", "absolute_count", "qc_flag"]
+    assert COUNT_COLUMNS[-4:] == ["percent_of_lymphocytes", "absolute_count", "qc_flag", "qc_note"]
 
 
 def test_percent_of_lymphocytes_by_hand(one_sample):

@@ -67,7 +67,12 @@ def test_methods_name_every_panel_population_method_test_and_transform(config):
                 assert f"fitted {dim} within [{lo:g}, {hi:g}]" in item
     assert "each file's own acquisition-defined spillover matrix" in text
     assert "logicle scale ``fluor`` of compensated values" in _item(text, "cd4")
-    assert "[0.3, 0.55]" in _item(text, "cd4")  # the search range, in logicle units
+    # Search ranges relative to the data are named as such.
+    assert "the parent's 0th to 50th percentiles" in _item(text, "cells")
+    assert "lowest valley" in _item(text, "cells")
+    assert "BIC" in _item(text, "lymphocytes") and "posterior 0.5" in _item(text, "lymphocytes")
+    assert "flags the file for review" in _item(text, "clean")
+    assert "values flagged for review" in text and "n_qc_excluded" in text
     # Statistics, from config["statistics"].
     for name in ("Wilcoxon signed-rank", "Mann-Whitney U", "Benjamini-Hochberg"):
         assert name in text

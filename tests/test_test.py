@@ -19,6 +19,7 @@ from immuno.test import (
     bh_adjust,
     change_between_groups,
     failed_qc,
+    keep_reviewed,
     paired_change,
     patient_table,
     write_stats,
@@ -207,7 +208,7 @@ def test_exclusions_missing_qc_nan(make_counts):
     pooled = out[out["group"] == POOLED].iloc[0]
     assert pooled["n_pairs"] == 5
     assert pooled["n_excluded"] == 3
-    assert pooled["n_qc_failed"] == 1
+    assert pooled["n_qc_excluded"] == 1
     kept = [i for i in range(1, 9) if i not in (2, 3, 4)]
     diffs = np.array([(10.0 + 2 * i) - (5.0 + i) for i in kept])
     assert pooled["p_value"] == pytest.approx(stats.wilcoxon(diffs, method="exact").pvalue)
@@ -218,11 +219,21 @@ def test_exclusions_missing_qc_nan(make_counts):
     assert np.isnan(group["p_adjusted"])
 
 
-def test_non_fail_flag_kept(make_counts):
+def test_review_flag_excluded_unless_kept(make_counts, tmp_path):
     data = {"treg": {(f"P{i}", "30mg"): {0.0: 1.0 * i, 4.5: 3.0 * i} for i in range(1, 5)}}
-    counts = make_counts(data, qc={("P1", 0.0, "treg"): "low_events"})
+    counts = make_counts(data, qc={("P1", 0.0, "treg"): "upstream_review(lymphocytes)"})
     out = paired_change(counts, populations=["treg"], metric="percent_of_parent")
-    assert out.iloc[0]["n_pairs"] == 4 and out.iloc[0]["n_qc_failed"] == 0
+    assert out.iloc[0]["n_pairs"] == 3 and out.iloc[0]["n_qc_excluded"] == 1
+    # statistics.include_review: the reviewed value counts again; "fail" never does.
+    kept = keep_reviewed(counts)
+    out = paired_change(kept, populations=["treg"], metric="percent_of_parent")
+    assert out.iloc[0]["n_pairs"] == 4 and out.iloc[0]["n_qc_excluded"] == 0
+    failed = make_counts(data, qc={("P1", 0.0, "treg"): "fit_failed;fail"})
+    assert keep_reviewed(failed)["qc_flag"].str.contains("fail").sum() == 1
+    spec = [{"population": "treg", "metric": "percent_of_parent"}]
+    paths = write_stats(counts, tmp_path / "a", spec, include_review=True)
+    pooled = pd.read_csv(paths["paired_pooled"], sep="\t")
+    assert pooled.iloc[0]["n_pairs"] == 4
 
 
 def test_qc_flag_read_back_as_nan(six_patients, tmp_path):
@@ -282,7 +293,7 @@ def test_duplicate_rows_are_an_error(six_patients, make_counts):
     tube2["qc_flag"] = "fail_clog"
     counts = pd.concat([six_patients, tube2], ignore_index=True)
     out = paired_change(counts, populations=["treg"], metric="percent_of_parent")
-    assert out.iloc[-1]["n_pairs"] == 6 and out.iloc[-1]["n_qc_failed"] == 2
+    assert out.iloc[-1]["n_pairs"] == 6 and out.iloc[-1]["n_qc_excluded"] == 2
 
 
 def test_patient_in_two_groups_is_an_error(six_patients):

@@ -85,7 +85,7 @@ def test_outputs_exist_and_follow_the_contract(demo_run):
     assert list(counts.columns) == [
         "sample_id", "patient_id", "dose_group", "visit_month", "panel", "population",
         "parent", "count", "parent_count", "percent_of_parent", "percent_of_lymphocytes",
-        "absolute_count", "qc_flag",
+        "absolute_count", "qc_flag", "qc_note",
     ]  # fmt: skip
     sheet = _read(work / "demo" / "study.tsv")
     assert set(counts["sample_id"]) == set(sheet["sample_id"])

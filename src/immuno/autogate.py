@@ -111,15 +111,17 @@ def mindensity_threshold(
     *,
     adjust: float = 1.0,
     min_peak: float = 0.02,
+    valley: str = "deepest",
 ) -> float:
     """Threshold at the deepest density valley between two neighbouring peaks.
 
     openCyto's ``mindensity``: the density is estimated on the parent's events;
     every valley between two adjacent peaks whose minimum lies in ``search``
     (gate-space units) is a candidate, and the one whose lower flanking peak
-    stands highest above the valley floor wins. Peaks lower than ``min_peak``
-    times the highest are ignored. Raises :class:`FitFailure` when there is no
-    such valley.
+    stands highest above the valley floor wins (``valley="deepest"``), or the
+    lowest candidate (``valley="first"``: e.g. the first valley above the debris).
+    Peaks lower than ``min_peak`` times the highest are ignored. Raises
+    :class:`FitFailure` when there is no such valley.
     """
     x = x[np.isfinite(x)]
     if len(x) < 20:
@@ -139,9 +141,77 @@ def mindensity_threshold(
         depth = min(dens[a], dens[b]) - dens[v]
         if best is None or depth > best[0]:
             best = (depth, v)
+        if valley == "first":
+            break
     if best is None:
         raise FitFailure("no valley in the search range")
     return float(grid[best[1]])
+
+
+def shoulder_threshold(
+    x: np.ndarray,
+    search: tuple[float, float] | None = None,
+    *,
+    min_weight: float = 0.03,
+    min_separation: float = 1.5,
+    min_bic_gain: float = 2.0,
+    random_state: int = 0,
+    max_events: int = 5000,
+) -> float:
+    """Threshold between a peak and its shoulder: a marker with one peak and a shoulder.
+
+    A two-component 1-D Gaussian mixture (:func:`fit_mixture`) is fitted to ``x``;
+    the cut is where the two weighted components are equally dense (the posterior
+    0.5 point between their means), in the units of ``x`` (gate space). It is a
+    shoulder, not one skewed population, only when two components explain the data
+    better than one by ``min_bic_gain`` (BIC), the lighter holds at least
+    ``min_weight`` of the events and the means are at least ``min_separation``
+    pooled SDs apart (Ashman's D); otherwise, or when the cut leaves ``search``,
+    :class:`FitFailure` is raised.
+    """
+    x = x[np.isfinite(x)]
+    if len(x) < 50:
+        raise FitFailure("fewer than 50 events")
+    if len(x) > max_events:
+        x = x[np.random.default_rng(random_state).choice(len(x), max_events, replace=False)]
+    X = x[:, None]
+    w, m, c, bic2 = fit_mixture(X, 2, random_state=random_state)
+    bic1 = fit_mixture(X, 1, random_state=random_state)[3]
+    if bic1 - bic2 < min_bic_gain:
+        raise FitFailure("one peak only, no shoulder")
+    order = np.argsort(m[:, 0])
+    w, mu, sd = w[order], m[order, 0], np.sqrt(c[order, 0, 0])
+    if w.min() < min_weight:
+        raise FitFailure("one peak only, the shoulder is too light")
+    if (mu[1] - mu[0]) / math.sqrt((sd[0] ** 2 + sd[1] ** 2) / 2) < min_separation:
+        raise FitFailure("one peak only, no separable shoulder")
+    grid = np.linspace(mu[0], mu[1], 1001)
+    logp = (
+        np.log(w)[:, None] - np.log(sd)[:, None] - 0.5 * ((grid - mu[:, None]) / sd[:, None]) ** 2
+    )
+    t = float(grid[np.argmin(np.abs(logp[0] - logp[1]))])
+    if search is not None and not (search[0] <= t <= search[1]):
+        raise FitFailure("the shoulder cut is outside the search range")
+    return t
+
+
+def search_range(x: np.ndarray, spec) -> tuple[float, float] | None:
+    """A template's search range for a threshold, in the units of ``x`` (gate space).
+
+    ``None`` (search everywhere), ``[lo, hi]`` (gate-space values, as written) or
+    ``{quantile: [a, b]}`` (the parent's own ``a`` and ``b`` quantiles, so the
+    same template searches the same part of every instrument's distribution).
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        a, b = spec["quantile"]
+        x = x[np.isfinite(x)]
+        if len(x) == 0:
+            raise FitFailure("no finite events")
+        lo, hi = np.quantile(x, [float(a), float(b)])
+        return float(lo), float(hi)
+    return float(spec[0]), float(spec[1])
 
 
 def tail_threshold(x: np.ndarray, *, k: float = 3.0, side: str = "right") -> float:
@@ -166,38 +236,14 @@ def tail_threshold(x: np.ndarray, *, k: float = 3.0, side: str = "right") -> flo
     return mode + k * sd if side == "right" else mode - k * sd
 
 
-def _em_step(X: np.ndarray, R: np.ndarray, reg: float):
-    """One EM iteration from responsibilities ``R`` ``(k, n)`` (component-major, so
-    that every sum runs along contiguous memory): ``(weights, means, covs, R', loglik)``."""
-    k, n = R.shape
-    d = X.shape[1]
-    nk = R.sum(axis=1) + 1e-12
-    weights = nk / n
-    means = (R @ X) / nk[:, None]
-    if d == 2:  # closed forms, every component at once
-        dx = X[:, 0][None, :] - means[:, 0, None]
-        dy = X[:, 1][None, :] - means[:, 1, None]
-        rx = R * dx
-        a = np.einsum("kn,kn->k", rx, dx) / nk + reg
-        b = np.einsum("kn,kn->k", rx, dy) / nk
-        c = np.einsum("kn,kn->k", R * dy, dy) / nk + reg
-        covs = np.stack([np.stack([a, b], axis=-1), np.stack([b, c], axis=-1)], axis=1)
-        det = a * c - b * b
-        md = (c[:, None] * dx * dx - 2 * b[:, None] * dx * dy + a[:, None] * dy * dy) / det[:, None]
-        logdet = np.log(det)
-    else:
-        covs = np.empty((k, d, d))
-        md = np.empty((k, n))
-        logdet = np.empty(k)
-        for j in range(k):
-            diff = X - means[j]
-            covs[j] = (R[j, :, None] * diff).T @ diff / nk[j] + reg * np.eye(d)
-            md[j] = np.einsum("ij,jk,ik->i", diff, np.linalg.inv(covs[j]), diff)
-            logdet[j] = np.linalg.slogdet(covs[j])[1]
-    logp = (np.log(weights + 1e-300) - 0.5 * (logdet + d * np.log(2 * np.pi)))[:, None] - 0.5 * md
-    top = logp.max(axis=0)
-    lse = top + np.log(np.exp(logp - top).sum(axis=0))
-    return weights, means, covs, np.exp(logp - lse), float(lse.mean())
+def _robust_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column centre (median) and scale (IQR / 1.349, else SD, else 1) of ``X``."""
+    centre = np.median(X, axis=0)
+    q75, q25 = np.percentile(X, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    sd = X.std(axis=0)
+    scale = np.where(scale > 0, scale, np.where(sd > 0, sd, 1.0))
+    return centre, scale
 
 
 def fit_mixture(
@@ -206,38 +252,119 @@ def fit_mixture(
     *,
     random_state: int = 0,
     n_init: int = 2,
-    max_iter: int = 100,
-    tol: float = 1e-5,
-    reg: float = 1e-6,
+    max_iter: int = 200,
+    tol: float = 1e-3,
+    reg: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Gaussian mixture with full covariances by EM: ``(weights, means, covs, loglik)``.
+    """Gaussian mixture with full covariances: ``(weights, means, covs, bic)``.
 
-    ``X`` is ``(n, d)``. Each of ``n_init`` starts is seeded by k-means++ on a
-    generator from ``random_state`` (so results are deterministic); the start with
-    the highest log-likelihood wins. ``reg`` is added to covariance diagonals.
+    scikit-learn's :class:`~sklearn.mixture.GaussianMixture` (EM, ``n_init``
+    k-means++ starts from ``random_state``, the best log-likelihood wins), fitted on
+    ``X`` ``(n, d)`` standardised per column by its robust scale, so that the
+    regularisation ``reg`` (added to covariance diagonals, in units of that scale)
+    and the convergence ``tol`` mean the same on every instrument's scale. Means
+    and covariances are returned in the units of ``X``; ``bic`` is the Bayesian
+    information criterion of the fit (lower is better), comparable between fits
+    of different ``k`` on the same ``X``.
     """
-    n, d = X.shape
-    rng = np.random.default_rng(random_state)
-    best = None
-    for _ in range(n_init):
-        # k-means++ seeding
-        centres = [X[rng.integers(n)]]
-        for _j in range(1, k):
-            d2 = np.min([((X - c) ** 2).sum(axis=1) for c in centres], axis=0)
-            p = d2 / d2.sum() if d2.sum() > 0 else None
-            centres.append(X[rng.choice(n, p=p)])
-        means = np.array(centres, dtype=np.float64)
-        R = np.zeros((k, n))
-        R[np.argmin(((X[:, None, :] - means[None]) ** 2).sum(-1), axis=1), np.arange(n)] = 1
-        prev = -np.inf
-        for _it in range(max_iter):
-            weights, means, covs, R, ll = _em_step(X, R, reg)
-            if ll - prev < tol:
-                break
-            prev = ll
-        if best is None or ll > best[3]:
-            best = (weights, means, covs, ll)
-    return best
+    from sklearn.mixture import GaussianMixture
+
+    X = np.asarray(X, dtype=np.float64)
+    centre, scale = _robust_scale(X)
+    Z = (X - centre) / scale
+    gm = GaussianMixture(
+        n_components=k,
+        covariance_type="full",
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=tol,
+        reg_covar=reg,
+        init_params="k-means++",
+        random_state=random_state,
+    )
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: the 2x2 algebra gains nothing from threads, and samples run
+    # in parallel processes (several BLAS threads each made fits 8x slower here).
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(Z)
+    means = gm.means_ * scale + centre
+    covs = gm.covariances_ * np.outer(scale, scale)[None]
+    return gm.weights_.copy(), means, covs, float(gm.bic(Z))
+
+
+def select_mixture(
+    X: np.ndarray, components: Sequence[int], *, random_state: int = 0, n_init: int = 2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, float]]:
+    """The mixture of ``components`` (e.g. 2..5) with the lowest BIC.
+
+    Returns ``(weights, means, covs, bic_by_k)`` (units of ``X``). Each ``k`` is
+    fitted by :func:`fit_mixture` with the same ``random_state``, so the choice is
+    deterministic.
+    """
+    best, bics = None, {}
+    for k in components:
+        if len(X) < 20 * k:
+            continue
+        w, m, c, bic = fit_mixture(X, k, random_state=random_state, n_init=n_init)
+        bics[k] = bic
+        if best is None or bic < best[3]:
+            best = (w, m, c, bic)
+    if best is None:
+        raise FitFailure(f"{len(X)} events are too few for {min(components)} components")
+    return best[0], best[1], best[2], bics
+
+
+def _posterior_radii(weights, means, covs, members, mean, cov, d2: float, n: int) -> np.ndarray:
+    """Per-angle Mahalanobis radius of a cluster's gate: its coverage ellipse, cut back
+    to where the cluster stops being the most probable source of an event.
+
+    Along each of ``n`` rays from ``mean`` (angles as in :func:`ellipse_vertices`,
+    radius in Mahalanobis units of ``cov``), the radius is ``sqrt(d2)`` or the first
+    radius where the mixture components of ``members`` are less dense than all the
+    others together (posterior below 0.5), whichever is smaller. So the gate never
+    reaches another cluster's centre, and a minority cluster next to a large one
+    (lymphocytes among monocytes) does not take the large one's tail. Returned as
+    fractions of ``sqrt(d2)`` (1: the ellipse itself).
+    """
+    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    order = np.argsort(vals)[::-1]
+    axes = vecs[:, order] * np.sqrt(np.maximum(vals[order], 1e-300))
+    steps = np.linspace(0.0, math.sqrt(d2), 161)[1:]
+    t = 2.0 * np.pi * np.arange(n) / n
+    unit = np.column_stack([np.cos(t), np.sin(t)])
+    pts = mean + (unit[:, None, :] * steps[None, :, None]) @ axes.T  # (n, steps, 2)
+    flat = pts.reshape(-1, 2)
+    inside = np.zeros(len(flat))
+    outside = np.zeros(len(flat))
+    for j, (w, m, c) in enumerate(zip(weights, means, covs, strict=True)):
+        dens = w * np.exp(-0.5 * _mahalanobis2(flat, m, c)) / math.sqrt(np.linalg.det(c))
+        if j in members:
+            inside += dens
+        else:
+            outside += dens
+    lose = (outside >= inside).reshape(n, len(steps))
+    first = np.where(lose.any(axis=1), lose.argmax(axis=1), len(steps))
+    radii = np.where(first == len(steps), math.sqrt(d2), np.r_[0.0, steps][first])
+    return np.maximum(radii, steps[0]) / math.sqrt(d2)
+
+
+def _mixture_density(points: np.ndarray, weights, means, covs) -> np.ndarray:
+    """Density of a 2-D Gaussian mixture at ``points`` ``(n, 2)`` (units of the means)."""
+    out = np.zeros(len(points))
+    for w, m, c in zip(weights, means, covs, strict=True):
+        d2 = _mahalanobis2(points, m, c)
+        out += w * np.exp(-0.5 * d2) / (2 * np.pi * math.sqrt(max(np.linalg.det(c), 1e-300)))
+    return out
+
+
+def _mahalanobis2(points: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    diff = np.atleast_2d(points) - mean
+    return np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)
 
 
 class Method:
@@ -248,6 +375,8 @@ class Method:
 
     def __init__(self, spec: PopulationSpec):
         self.spec = spec
+        self.notes_: list[str] = []  # info: what the fit did (e.g. a shoulder cut)
+        self.review_: list[str] = []  # review: why a person should look at the fit
 
     def fit(self, X: np.ndarray, cache: dict | None = None) -> Method:
         raise NotImplementedError
@@ -290,15 +419,18 @@ class ThresholdMethod(Method):
 
     def fit(self, X, cache=None):
         self.params_ = {}
+        self.notes_, self.review_ = [], []
         for j, dim in enumerate(self.spec.dims):
             key = (self.spec.parent, dim, self.spec.method, json.dumps(self._dim_params(dim)))
             if cache is not None and key in cache:
-                self.params_[dim] = cache[key]
+                self.params_[dim], notes = cache[key]
+                self.notes_.extend(notes)
                 continue
+            before = len(self.notes_)
             t = self.threshold_1d(X[:, j], dim)
             self.params_[dim] = t
             if cache is not None:
-                cache[key] = t
+                cache[key] = (t, self.notes_[before:])
         return self
 
     def _dim_params(self, dim: str) -> dict:
@@ -319,18 +451,28 @@ class ThresholdMethod(Method):
 
 
 class MinDensity(ThresholdMethod):
-    """Density valley between two peaks (openCyto ``mindensity``).
+    """Density valley between two peaks (openCyto ``mindensity``), else a shoulder.
 
-    Params: ``range`` (per dimension ``[lo, hi]`` search range in gate space),
-    ``adjust`` (bandwidth multiplier), ``select``.
+    Params: ``range`` (search range per dimension: ``[lo, hi]`` in gate space or
+    ``{quantile: [a, b]}`` of the parent's events, see :func:`search_range`;
+    default everywhere), ``adjust`` (bandwidth multiplier), ``shoulder`` (default
+    true: a dimension with one peak and a shoulder is cut by
+    :func:`shoulder_threshold`, noted ``shoulder_cut``), ``select``.
     """
 
     def threshold_1d(self, x, dim):
         p = self._dim_params(dim)
-        rng = p.get("range")
-        return mindensity_threshold(
-            x, tuple(rng) if rng else None, adjust=float(p.get("adjust") or 1.0)
-        )
+        rng = search_range(x, p.get("range"))
+        try:
+            return mindensity_threshold(
+                x, rng, adjust=float(p.get("adjust") or 1.0), valley=p.get("valley", "deepest")
+            )
+        except FitFailure as exc:
+            if "one peak" not in str(exc) or not p.get("shoulder", True):
+                raise
+        t = shoulder_threshold(x, rng)
+        self.notes_.append(f"shoulder_cut({dim})")
+        return t
 
 
 class TailCut(ThresholdMethod):
@@ -344,12 +486,16 @@ class TailCut(ThresholdMethod):
         return tail_threshold(x, k=float(p.get("k") or 3.0))
 
 
-def ellipse_vertices(mean, cov, distance_square: float, n: int = 128) -> np.ndarray:
+def ellipse_vertices(
+    mean, cov, distance_square: float, n: int = 128, *, radii: np.ndarray | None = None
+) -> np.ndarray:
     """``n`` points on the ellipse ``(x - mean)' cov^-1 (x - mean) = distance_square``.
 
     Equally spaced in angle on the ellipse's principal axes, starting at the end
     of the major axis: the vertices of the inscribed polygon, in the units of
-    ``mean`` (gate space). ``cov`` must be positive definite.
+    ``mean`` (gate space). ``cov`` must be positive definite. With ``radii``
+    (``n`` fractions, one per angle), vertex ``i`` lies at Mahalanobis distance
+    ``radii[i] * sqrt(distance_square)`` instead: a star-shaped polygon.
     """
     vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
     if not np.all(vals > 0):
@@ -360,19 +506,44 @@ def ellipse_vertices(mean, cov, distance_square: float, n: int = 128) -> np.ndar
     order = np.argsort(vals)[::-1]
     axes = vecs[:, order] * np.sqrt(vals[order] * float(distance_square))
     t = 2.0 * np.pi * np.arange(n) / n
-    return np.asarray(mean, dtype=np.float64) + np.column_stack([np.cos(t), np.sin(t)]) @ axes.T
+    unit = np.column_stack([np.cos(t), np.sin(t)])
+    if radii is not None:
+        unit = unit * np.asarray(radii, dtype=np.float64)[:, None]
+    return np.asarray(mean, dtype=np.float64) + unit @ axes.T
 
 
 class MixtureCluster(Method):
-    """2-D Gaussian mixture; keep the component chosen by ``pick``.
+    """2-D Gaussian mixture; keep the cluster chosen by its position among the others.
 
-    Params: ``components`` (default 3), ``pick`` (``{dim: "max"|"min"}``, applied in
-    order as ``argmax``/``argmin`` of component means; or ``target: [x, y]``, the
-    component whose mean is nearest), ``min_weight`` (components lighter than
-    this are ignored when picking, default 0.02), ``coverage`` (the realised
-    ellipse holds this fraction of the chosen Gaussian, default 0.99),
-    ``max_events`` (subsample for fitting, default 5000), ``random_state``,
-    ``shape`` (``polygon``, the default, or ``ellipse``) and ``vertices`` (128).
+    Params (every number is relative to the data, none is in an instrument's units):
+
+    - ``components``: the number of Gaussian components, or ``[lo, hi]`` (default
+      ``[2, 5]``): every number in the range is fitted and the lowest BIC wins, so a
+      cohort whose lymphocytes are a minority among monocytes, granulocytes and
+      debris gets as many clusters as it has.
+    - ``pick``: rules applied in order to the components heavier than
+      ``min_weight`` (default 0.02). ``{dim: min}`` / ``{dim: max}`` keep the
+      components whose mean on ``dim`` is the lowest / highest (ties within 5% of
+      the range of the means are kept for the next rule); ``{dim:
+      {min_fraction_of_max: r}}`` drops the components whose mean on ``dim`` is
+      below ``r`` times the highest mean of the components holding at least 10% of
+      the events (for a linear scatter dimension: debris has less than half a
+      monocyte's forward scatter). Or ``target: [x,
+      y]``: the component whose mean is nearest.
+    - ``merge`` (default 0.8): components with no density valley between them and
+      the chosen one (the mixture density along the line joining their means stays
+      above ``merge`` times its value at the lower end), and no more than 4 times
+      its area, are one population split by the mixture; they are merged
+      (moment-matched) before the gate is drawn.
+    - ``coverage`` (default 0.99): the realised ellipse holds this fraction of the
+      chosen cluster's Gaussian, but never reaches the centre of another heavy
+      component: its squared Mahalanobis radius is capped at ``neighbour`` (0.8)
+      times that of the nearest other centre. When the cap leaves less than
+      ``min_coverage`` (0.9) the fit is kept and flagged ``crowded_cluster`` for
+      review.
+    - ``max_events`` (subsample for fitting, default 4000), ``random_state``,
+      ``n_init`` (starts per fit, default 2), ``shape`` (``polygon``, the default,
+      or ``ellipse``) and ``vertices`` (128).
 
     The realised gate is, by default, the polygon inscribed in that ellipse
     (gate space) through ``vertices`` points equally spaced in angle on it (area
@@ -380,53 +551,131 @@ class MixtureCluster(Method):
     exports evaluates identically: FlowKit replaces a FlowJo ellipse by its own
     128-gon and FlowJo decides ellipses on its binned display, so a realised
     ellipse would be counted a few rim events differently outside the pipeline.
-    ``shape: ellipse`` keeps the exact ellipse.
+    ``shape: ellipse`` keeps the exact ellipse. ``params_`` holds the cluster's
+    ``mean_x, mean_y, cov_xx, cov_xy, cov_yy`` (gate space), its ``weight`` and
+    the squared radius ``distance_square`` of the realised ellipse.
     """
 
     n_dims = (2,)
 
+    def _components(self) -> list[int]:
+        c = self.spec.params.get("components", [2, 5])
+        if isinstance(c, int | float) and not isinstance(c, bool):
+            return [int(c)]
+        lo, hi = (int(v) for v in c)
+        return list(range(lo, hi + 1))
+
     def fit(self, X, cache=None):
         p = self.spec.params
+        self.notes_, self.review_ = [], []
         X = X[np.all(np.isfinite(X), axis=1)]
-        k = int(p.get("components", 3))
-        if len(X) < 20 * k:
-            raise FitFailure(f"{len(X)} events are too few for {k} components")
-        rs = np.random.default_rng(int(p.get("random_state", 0)))
-        cap = int(p.get("max_events", 5000))
+        ks = self._components()
+        if len(X) < 20 * min(ks):
+            raise FitFailure(f"{len(X)} events are too few for {min(ks)} components")
+        rs = int(p.get("random_state", 0))
+        cap = int(p.get("max_events", 4000))
         if len(X) > cap:
-            X = X[rs.choice(len(X), cap, replace=False)]
-        weights, means, covs, _ll = fit_mixture(X, k, random_state=int(p.get("random_state", 0)))
+            X = X[np.random.default_rng(rs).choice(len(X), cap, replace=False)]
+        weights, means, covs, bics = select_mixture(
+            X, ks, random_state=rs, n_init=int(p.get("n_init", 2))
+        )
         ok = np.flatnonzero(weights >= float(p.get("min_weight", 0.02)))
         if len(ok) == 0:
             raise FitFailure("no component heavy enough")
-        chosen = self._pick(means, ok)
-        cov = covs[chosen]
-        self.weights_, self.means_, self.covariances_ = weights, means, covs
+        chosen, eligible = self._pick(means, ok, weights)
+        mean, cov, weight, members = self._merge(weights, means, covs, chosen, eligible)
+        d2 = -2.0 * math.log1p(-float(p.get("coverage", 0.99)))
+        n_vert = int(p.get("vertices", 128))
+        radii = _posterior_radii(weights, means, covs, members, mean, cov, d2, n_vert)
+        # Share of the cluster's Gaussian inside the star (radial integral per angle).
+        covered = float(np.mean(-np.expm1(-(radii**2) * d2 / 2.0)))
+        if covered < 0.98:
+            self.notes_.append(f"neighbour_bounded({100 * covered:.0f}%)")
+            if covered < float(p.get("min_coverage", 0.9)):
+                self.review_.append(f"crowded_cluster({100 * covered:.0f}%)")
+        self.weights_, self.means_, self.covariances_, self.bic_ = weights, means, covs, bics
+        self.members_ = members
         self.params_ = {
-            "mean_x": float(means[chosen, 0]),
-            "mean_y": float(means[chosen, 1]),
+            "mean_x": float(mean[0]),
+            "mean_y": float(mean[1]),
             "cov_xx": float(cov[0, 0]),
             "cov_xy": float(cov[0, 1]),
             "cov_yy": float(cov[1, 1]),
-            "weight": float(weights[chosen]),
+            "weight": float(weight),
+            "distance_square": float(d2),
+            "radii": [float(r) for r in radii],
         }
         return self
 
-    def _pick(self, means, ok):
+    def _merge(self, weights, means, covs, chosen: int, eligible) -> tuple:
+        """Moment-matched Gaussian of ``chosen`` and the components it forms one mode with.
+
+        A component joins when the mixture density along the straight line from its
+        mean to the nearest member's mean never falls below ``merge`` (default 0.8)
+        times the lower of the two end densities: no valley between them, one
+        population the mixture split in parts (a skewed cluster, or lymphocyte subsets
+        of slightly different scatter). A component more than 4 times the chosen
+        one's area (sqrt of the covariance determinant) is background spread over
+        the plot, not part of a cluster, and does not join; nor do components the
+        pick rules excluded (e.g. as debris). The gate's posterior bound
+        (:func:`_posterior_radii`) keeps whatever is merged off the other clusters.
+        """
+        ratio = float(self.spec.params.get("merge", 0.8))
+        area = math.sqrt(np.linalg.det(covs[chosen]))
+        members = [chosen]
+        rest = [
+            int(j)
+            for j in eligible
+            if j != chosen and math.sqrt(np.linalg.det(covs[j])) <= 4.0 * area
+        ]
+        grown = True
+        while grown and rest:
+            grown = False
+            for j in list(rest):
+                near = min(members, key=lambda m: float(((means[m] - means[j]) ** 2).sum()))
+                t = np.linspace(0.0, 1.0, 41)[:, None]
+                dens = _mixture_density(
+                    means[near] + t * (means[j] - means[near]), weights, means, covs
+                )
+                if dens.min() >= ratio * min(dens[0], dens[-1]):
+                    members.append(j)
+                    rest.remove(j)
+                    grown = True
+        w = weights[members]
+        total = float(w.sum())
+        mean = (w[:, None] * means[members]).sum(axis=0) / total
+        cov = np.zeros((2, 2))
+        for wj, j in zip(w, members, strict=True):
+            diff = means[j] - mean
+            cov += wj * (covs[j] + np.outer(diff, diff))
+        return mean, cov / total, total, members
+
+    def _pick(self, means, ok, weights):
         p = self.spec.params
         if "target" in p:
             t = np.asarray(p["target"], dtype=float)
-            return int(ok[np.argmin(((means[ok] - t) ** 2).sum(axis=1))])
+            return int(ok[np.argmin(((means[ok] - t) ** 2).sum(axis=1))]), list(ok)
         cand = list(ok)
+        eligible = list(ok)
         for rule in p.get("pick", []):
             ((dim, how),) = rule.items()
             j = self.spec.dims.index(dim)
             vals = means[cand, j]
+            if isinstance(how, dict):
+                # The reference is the largest mean among substantial clusters (>= 10%
+                # of events): a light, broad component of stragglers sets no scale.
+                r = float(how["min_fraction_of_max"])
+                major = [c for c in cand if weights[c] >= 0.10] or cand
+                top = float(means[major, j].max())
+                keep = [c for c, v in zip(cand, vals, strict=True) if v >= r * top]
+                cand = keep or cand
+                eligible = [c for c in eligible if c in cand]
+                continue
             best = vals.max() if how == "max" else vals.min()
             # Keep ties within 5% of the range of the means, then the next rule decides.
             tol = 0.05 * (np.ptp(means[ok, j]) + 1e-12)
             cand = [c for c, v in zip(cand, vals, strict=True) if abs(v - best) <= tol]
-        return int(cand[0])
+        return int(cand[0]), eligible
 
     def realise(self, params, dims):
         p = self.spec.params
@@ -434,7 +683,9 @@ class MixtureCluster(Method):
         cov = np.array([[params["cov_xx"], params["cov_xy"]], [params["cov_xy"], params["cov_yy"]]])
         # The chi-square quantile with 2 degrees of freedom in closed form:
         # P(d2 <= q) = 1 - exp(-q / 2)  =>  q = -2 ln(1 - coverage).
-        d2 = -2.0 * math.log1p(-float(p.get("coverage", 0.99)))
+        d2 = params.get("distance_square")
+        if d2 is None:
+            d2 = -2.0 * math.log1p(-float(p.get("coverage", 0.99)))
         if p.get("shape", "polygon") == "ellipse":
             return EllipseGate(
                 self.spec.name,
@@ -442,9 +693,14 @@ class MixtureCluster(Method):
                 dims,
                 mean=mean,
                 covariance=cov,
-                distance_square=d2,
+                distance_square=float(d2),
             )
-        verts = ellipse_vertices(mean, cov, d2, int(p.get("vertices", 128)))
+        n = int(p.get("vertices", 128))
+        radii = params.get("radii")
+        if isinstance(radii, list) and len(radii) == n:
+            verts = ellipse_vertices(mean, cov, float(d2), n, radii=np.asarray(radii, dtype=float))
+        else:
+            verts = ellipse_vertices(mean, cov, float(d2), n)
         return PolygonGate(self.spec.name, _parent(self.spec), dims, vertices=verts)
 
     @classmethod
@@ -454,9 +710,19 @@ class MixtureCluster(Method):
         v = params.get("vertices", 128)
         if not isinstance(v, int) or isinstance(v, bool) or v < 8:
             return "vertices", f"{v!r} is not a whole number of at least 8"
-        c = params.get("coverage", 0.99)
-        if not isinstance(c, int | float) or not 0 < c < 1:
-            return "coverage", f"{c!r} is not a fraction between 0 and 1"
+        for key, default in (("coverage", 0.99), ("merge", 0.8), ("min_coverage", 0.9)):
+            c = params.get(key, default)
+            if not isinstance(c, int | float) or not 0 < c < 1:
+                return key, f"{c!r} is not a fraction between 0 and 1"
+        c = params.get("components", [2, 5])
+        ints = [c] if isinstance(c, int) and not isinstance(c, bool) else c
+        if (
+            not isinstance(ints, list)
+            or not 1 <= len(ints) <= 2
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 8 for i in ints)
+            or ints[0] > ints[-1]
+        ):
+            return "components", f"{c!r} is not a number of components 1-8 or a range [lo, hi]"
         return None
 
     def thresholds(self, params):
@@ -471,7 +737,10 @@ class Projection(Method):
     diagonal of a continuum better than two 1-D cuts); the threshold is the
     density valley of ``z`` (``range`` limits the search, in units of ``z``).
     ``select: "+"`` keeps ``z >= threshold``. Realised as a half-plane polygon
-    in gate space. Params: ``{"z": threshold}``.
+    in gate space. ``params_``: ``z`` (the cut), ``z_median`` and ``z_sd`` (the
+    parent's median and robust SD of ``z``). With ``borrow: relative`` a borrowed
+    cut keeps its place relative to this sample's median and SD of ``z``
+    (:meth:`adapt`) instead of its gate-space value.
     """
 
     n_dims = (2,)
@@ -483,13 +752,26 @@ class Projection(Method):
     def fit(self, X, cache=None):
         p = self.spec.params
         z = X @ self._weights()
-        rng = p.get("range")
         self.params_ = {
             "z": mindensity_threshold(
-                z, tuple(rng) if rng else None, adjust=float(p.get("adjust", 1.0))
-            )
+                z, search_range(z, p.get("range")), adjust=float(p.get("adjust", 1.0))
+            ),
+            **_location(z),
         }
         return self
+
+    def adapt(self, params: dict, X: np.ndarray) -> dict:
+        """A borrowed cut moved onto this sample's own scale (``borrow: relative``).
+
+        The cut keeps its distance from the parent's median of ``z`` in units of the
+        parent's robust SD: staining that is brighter or dimmer in this file (a
+        shift and stretch in gate space) moves the borrowed cut with it.
+        """
+        if not {"z_median", "z_sd"} <= set(params) or params["z_sd"] <= 0 or len(X) < 20:
+            return params
+        here = _location(X @ self._weights())
+        rel = (params["z"] - params["z_median"]) / params["z_sd"]
+        return {**params, "z": here["z_median"] + rel * here["z_sd"], **here}
 
     def realise(self, params, dims):
         w = self._weights()
@@ -506,6 +788,21 @@ class Projection(Method):
 
     def thresholds(self, params):
         return {"z": params["z"]}
+
+    @classmethod
+    def check_params(cls, params):
+        if params.get("borrow", "absolute") not in ("absolute", "relative"):
+            return "borrow", f"{params['borrow']!r} is not absolute or relative"
+        return None
+
+
+def _location(z: np.ndarray) -> dict[str, float]:
+    """Median and robust SD (IQR / 1.349) of ``z`` (gate space): ``z_median``, ``z_sd``."""
+    z = z[np.isfinite(z)]
+    if len(z) == 0:
+        return {}
+    q25, q50, q75 = np.percentile(z, [25, 50, 75])
+    return {"z_median": float(q50), "z_sd": float((q75 - q25) / 1.349)}
 
 
 class Singlets(Method):
@@ -524,7 +821,13 @@ class Singlets(Method):
     def fit(self, X, cache=None):
         p = self.spec.params
         a, h = X[:, 0], X[:, 1]
-        keep = a > float(p.get("min_area", 1000.0))
+        # Events too small to have a meaningful ratio: below min_area (raw units) if
+        # the template sets it, else below a tenth of the median area.
+        min_area = p.get("min_area")
+        finite_a = a[np.isfinite(a)]
+        if min_area is None:
+            min_area = 0.1 * float(np.median(finite_a)) if len(finite_a) else 0.0
+        keep = a > max(float(min_area), 0.0)
         if keep.sum() < 50:
             raise FitFailure("too few events with a measurable area")
         r = h[keep] / a[keep]
@@ -552,59 +855,115 @@ class Singlets(Method):
 
 
 class TimeGate(Method):
-    """Remove flow-rate bursts and clogs (the PeacoQC/flowAI idea).
+    """Remove only the anomalous stretches of an acquisition (PeacoQC / flowAI idea).
 
-    Events are binned in time (``bins``, default 100); bins whose event rate
-    deviates from the median rate by more than ``k`` robust SDs (default 5) are
-    bad, and the longest run of good bins is kept. Realised as a range on the
-    time channel (raw units). Not borrowable: each acquisition has its own.
+    The acquisition is binned in time; a bin is anomalous when its event rate or
+    the median of any scatter or fluorescence channel (gate space) departs from
+    the file's robust centre, or when it follows a gap in time
+    (:func:`immuno.timeqc.anomalous_segments`). Only those segments are removed:
+    the steady events before and after a clog are kept. Params: ``bins`` (default:
+    chosen from the number of events), ``k`` (robust SDs, default 5) and
+    ``review_above`` (the share of events removed above which the file needs
+    review, default 0.10). Time is in seconds when the file has ``$TIMESTEP``
+    (the strategy's scaling ``"flowjo"``), else in stored units.
+
+    Realised as a range on ``Time`` when one steady stretch is kept (an end that
+    needs no cut stays open), or, when a clog is cut out of the middle, as one
+    Gating-ML polygon on ``Time`` and a second channel (``partner``, default the
+    first scatter channel) that holds every kept time interval over the whole
+    range of the partner and joins them by bridges far outside any data: an OR of
+    time ranges in one gate, so FlowKit and FlowJo count it as we do. Not
+    borrowable: each acquisition has its own. ``params_``: ``min``/``max`` (the
+    outer bounds), ``intervals`` (``[[lo, hi], ...]``), ``removed`` (fraction).
     """
 
     n_dims = (1,)
     borrowable = False
+    #: Partner dimension of the realised polygon (set by :func:`gate_one`).
+    partner: Dimension | None = None
+    #: Per-event signals of the parent, ``(n, c)`` in gate space (set by :func:`gate_one`).
+    signals: np.ndarray | None = None
 
     def fit(self, X, cache=None):
+        from .timeqc import anomalous_segments
+
         p = self.spec.params
+        self.notes_, self.review_ = [], []
         t = X[:, 0]
-        if len(t) < 100:
-            raise FitFailure("too few events")
-        nb = int(p.get("bins", 100))
-        lo, hi = float(t.min()), float(t.max())
-        if hi <= lo:
-            raise FitFailure("time channel is constant")
-        counts, edges = np.histogram(t, bins=nb, range=(lo, hi))
-        med = np.median(counts)
-        mad = np.median(np.abs(counts - med)) * 1.4826 + math.sqrt(max(med, 1.0))
-        good = np.abs(counts - med) <= float(p.get("k", 5.0)) * mad
-        best, start, run = (0, 0, 0), None, 0
-        for i, g in enumerate(good):
-            if g:
-                start = i if start is None else start
-                run += 1
-                if run > best[0]:
-                    best = (run, start, i)
+        sig = self.signals if self.signals is not None else np.empty((len(t), 0))
+        try:
+            qc = anomalous_segments(t, sig, bins=p.get("bins"), k=float(p.get("k", 5.0)))
+        except ValueError as exc:
+            raise FitFailure(str(exc)) from None
+        keep = [[float(lo), float(hi)] for lo, hi in qc.keep]
+        if not keep:
+            raise FitFailure("no steady stretch of acquisition")
+        removed = float(qc.removed_fraction)
+        if removed > 0:
+            msg = f"time_removed({100 * removed:.1f}%)"
+            if removed > float(p.get("review_above", 0.10)):
+                self.review_.append(msg)
             else:
-                start, run = None, 0
-        if best[0] == 0:
-            raise FitFailure("no stable stretch of acquisition")
-        _, i0, i1 = best
-        # An end of the acquisition that needs no cut stays open (None), so the gate
-        # keeps every event there whatever the time units of the reader.
+                self.notes_.append(msg)
+        lo, hi = keep[0][0], keep[-1][1]
         self.params_ = {
-            "min": float(edges[i0]) if i0 > 0 else None,
-            "max": float(edges[i1 + 1]) if i1 < nb - 1 else None,
-            "bad_bins": int((~good).sum()),
+            "min": lo if math.isfinite(lo) else None,
+            "max": hi if math.isfinite(hi) else None,
+            "intervals": keep,
+            "removed": removed,
+            "bad_bins": int(qc.bad_bins),
         }
         return self
 
     def realise(self, params, dims):
-        lo, hi = params["min"], params["max"]
-        if lo is None and hi is None:
-            lo = -math.inf  # Gating-ML needs one bound per dimension; this one keeps all
-        return RectangleGate(self.spec.name, _parent(self.spec), dims, (lo,), (hi,))
+        keep = params.get("intervals") or [
+            [
+                -math.inf if params.get("min") is None else params["min"],
+                math.inf if params.get("max") is None else params["max"],
+            ]
+        ]
+        if len(keep) == 1 or self.partner is None:
+            lo, hi = params.get("min"), params.get("max")
+            if lo is None and hi is None:
+                lo = -math.inf  # Gating-ML needs one bound per dimension; this one keeps all
+            return RectangleGate(self.spec.name, _parent(self.spec), dims, (lo,), (hi,))
+        return PolygonGate(
+            self.spec.name,
+            _parent(self.spec),
+            (dims[0], self.partner),
+            vertices=comb_vertices(keep),
+        )
 
     def thresholds(self, params):
         return {k: params[k] for k in ("min", "max") if params.get(k) is not None}
+
+
+#: Height of the time comb (partner-channel units): far beyond any event's value.
+_COMB_TOP = 1e30
+
+
+def comb_vertices(intervals: Sequence[Sequence[float]], top: float = _COMB_TOP) -> np.ndarray:
+    """A polygon on (time, any channel) holding the time intervals ``[lo, hi)``.
+
+    Each interval is a column from ``-top / 2`` to ``top`` on the second axis; the
+    columns are joined by a bridge between ``-top`` and ``-top / 2``, where no event
+    lies. Every edge is horizontal or vertical, so its inside test is exact in any
+    evaluator; an open end (``-inf``/``inf``) becomes ``-+top``. Intervals must be
+    sorted and disjoint, with edges between event times.
+    """
+    pts: list[tuple[float, float]] = []
+    lo0 = max(float(intervals[0][0]), -top)
+    pts.append((lo0, -top))
+    for i, (lo, hi) in enumerate(intervals):
+        lo, hi = max(float(lo), -top), min(float(hi), top)
+        if i > 0:
+            pts.append((lo, -top / 2))
+        pts.append((lo, top))
+        pts.append((hi, top))
+        if i < len(intervals) - 1:
+            pts.append((hi, -top / 2))
+    pts.append((min(float(intervals[-1][1]), top), -top))
+    return np.array(pts, dtype=np.float64)
 
 
 class StaticShape(Method):
@@ -716,7 +1075,14 @@ class Template:
         return Dimension(channel, comp, tr)
 
     def base_strategy(self) -> GatingStrategy:
+        """An empty strategy with the panel's transforms.
+
+        Channel values are what FlowKit and FlowJo read (scaling ``"flowjo"``):
+        ``$PnE`` log channels decoded, divided by ``$PnG``, and ``Time`` in seconds
+        (stored x ``$TIMESTEP``), so that every exported gate means the same to them.
+        """
         s = GatingStrategy()
+        s.scaling = "flowjo"
         s.transforms.update(self.panel.transforms)
         return s
 
@@ -948,12 +1314,22 @@ class SampleInput:
 
 @dataclass
 class PopulationFit:
-    """How one population was gated in one sample."""
+    """How one population was gated in one sample.
+
+    ``flags`` are the reasons a person must look (the ``review`` level: they make
+    the population's ``qc_flag``); ``notes`` are recorded for the audit and need
+    no action (the ``info`` level: ``qc_note``).
+    """
 
     params: dict | None
     source: str  # "fit", "patient", "cohort", "default", "static", "none"
     flags: list[str] = field(default_factory=list)
     message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+#: Internal markers, never written to a table.
+_INTERNAL = ("needs_borrowing",)
 
 
 @dataclass
@@ -963,14 +1339,40 @@ class SampleGating:
     sample_id: str
     patient_id: str
     fits: dict[str, PopulationFit]
-    table: object  # pandas DataFrame from GatingResult.table() plus qc_flag
+    table: object  # pandas DataFrame from GatingResult.table() plus qc_flag, qc_note
     strategy: GatingStrategy
     channel_map: dict[str, str]
     n_events: int
     error: dict | None = None
+    parents: dict[str, str | None] = field(default_factory=dict)
+    visit_month: float = float("nan")
+
+    def review(self, pop: str) -> list[str]:
+        """The review reasons of ``pop`` itself (not inherited)."""
+        fit = self.fits.get(pop)
+        return [f for f in fit.flags if f not in _INTERNAL] if fit else []
 
     def flag(self, pop: str) -> str:
-        return ";".join(self.fits[pop].flags) if pop in self.fits else ""
+        """``qc_flag`` of ``pop``: its review reasons, and ``upstream_review(<gate>)``
+        when a gate above it needs review (its value depends on that gate)."""
+        own = self.review(pop)
+        up = self.parents.get(pop)
+        while up not in (None, "root"):
+            if self.review(up):
+                own = [*own, f"upstream_review({up})"]
+                break
+            up = self.parents.get(up)
+        return ";".join(own)
+
+    def note(self, pop: str) -> str:
+        """``qc_note`` of ``pop``: what was done that needs no action."""
+        fit = self.fits.get(pop)
+        return ";".join(fit.notes) if fit else ""
+
+    def refresh_table(self) -> None:
+        if self.table is not None:
+            self.table["qc_flag"] = [self.flag(p) for p in self.table["population"]]
+            self.table["qc_note"] = [self.note(p) for p in self.table["population"]]
 
 
 def _median_params(items: Sequence[dict]) -> dict | None:
@@ -978,9 +1380,18 @@ def _median_params(items: Sequence[dict]) -> dict | None:
     if not items:
         return None
     keys = set.intersection(*(set(i) for i in items))
-    # Only numeric params are pooled (an open end of a range is None).
-    keys = {k for k in keys if all(isinstance(i[k], int | float) for i in items)}
-    return {k: float(np.median([float(i[k]) for i in items])) for k in sorted(keys)}
+    # Numeric params are pooled (an open end of a range is None), and lists of numbers
+    # of one length element by element (a mixture gate's radii).
+    out: dict = {}
+    for k in sorted(keys):
+        vals = [i[k] for i in items]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            out[k] = float(np.median(vals))
+        elif all(isinstance(v, list) and len(v) == len(vals[0]) for v in vals) and all(
+            isinstance(x, int | float) for v in vals for x in v
+        ):
+            out[k] = [float(x) for x in np.median(np.asarray(vals, dtype=float), axis=0)]
+    return out
 
 
 def _check_guard(spec: PopulationSpec, method: Method, params: dict, freq: float | None):
@@ -993,8 +1404,89 @@ def _check_guard(spec: PopulationSpec, method: Method, params: dict, freq: float
     if spec.frequency and freq is not None and not math.isnan(freq):
         lo, hi = spec.frequency
         if not (lo <= freq <= hi):
-            flags.append("frequency_out_of_band")
+            flags.append(f"frequency_out_of_band({freq:.1f}%)")
     return flags
+
+
+#: A channel range this much below a transform's top cannot hold that transform's input.
+_SCALE_GAP = 16.0
+
+
+@dataclass
+class SampleScale:
+    """How one file's channels are read: the template's spaces, unless the file's
+    own scale says the data are already transformed (see :func:`check_scale`)."""
+
+    template: Template
+    linear: dict[str, str] = field(default_factory=dict)  # marker -> transform id
+    compensate: bool = True
+
+    def dimension(self, marker: str, channel: str, space: str) -> Dimension:
+        dim = self.template.dimension(marker, channel, space)
+        if marker in self.linear:
+            return Dimension(channel, None, self.linear[marker] if space == "transformed" else None)
+        if not self.compensate and dim.compensation is not None:
+            return Dimension(channel, None, dim.transform)
+        return dim
+
+
+def check_scale(fcs, template: Template, channel_map: dict[str, str], *, sample_id: str):
+    """The scale the template's transforms expect, checked against the file's own.
+
+    A marker whose transform is logarithmic-like (logicle, arcsinh, hyperlog, log)
+    expects linear values reaching towards the transform's top ``T`` (e.g. 262144).
+    A linear channel (``$PnE`` 0,0) whose range ``$PnR`` is at least 16 times below
+    ``T`` (e.g. 0-1023 or 0-4096, as a FlowJo/GatingSet export of transformed data
+    or a low-resolution instrument writes) cannot be that: gating it on the
+    template's transform would crush its populations together. Such a marker is
+    gated on a linear ``0..$PnR`` scale instead, with a warning naming the file and
+    channel, and, when it is a compensated marker (already transformed
+    fluorescence, hence already compensated), no marker of the file is compensated
+    again. Returns ``(SampleScale, notes)``.
+    """
+    from .transform import Linear
+
+    out = SampleScale(template)
+    notes = []
+    for name, m in template.panel.markers.items():
+        if not m.transform:
+            continue
+        t = template.panel.transforms[m.transform]
+        top = getattr(t, "T", None)
+        if isinstance(t, Linear) or top is None:
+            continue
+        ch = channel_map[name]
+        n = fcs.channels.index(ch) + 1
+        try:
+            decades = float((fcs.text.get(f"$P{n}E") or "0,0").split(",")[0])
+            pnr = float(fcs.text.get(f"$P{n}R") or "nan")
+        except ValueError:
+            continue
+        if decades > 0 or not math.isfinite(pnr) or pnr <= 0 or pnr * _SCALE_GAP > float(top):
+            continue
+        tid = f"linear_{pnr:g}"
+        template.panel.transforms.setdefault(tid, Linear(T=pnr, A=0.0, id=tid))
+        out.linear[name] = tid
+        if m.compensated:
+            out.compensate = False
+        log.info(
+            "%s (%s): channel %s (%s) has $PnR %g, far below the top of its %s transform "
+            "(T %g): the values look already transformed or rescaled; gating it on a "
+            "linear 0-%g scale instead%s",
+            sample_id,
+            fcs.path,
+            ch,
+            name,
+            pnr,
+            type(t).__name__,
+            float(top),
+            pnr,
+            " and not compensating it again" if m.compensated else "",
+        )
+        notes.append(f"linear_scale({ch})")
+    if not out.compensate:
+        notes.append("not_compensated(already_transformed)")
+    return out, notes
 
 
 def gate_one(
@@ -1004,6 +1496,7 @@ def gate_one(
     sample_id: str,
     patient_id: str = "",
     borrowed: dict[str, dict[str, dict]] | None = None,
+    replace: Sequence[str] = (),
 ) -> SampleGating:
     """Gate one sample with a template.
 
@@ -1018,10 +1511,14 @@ def gate_one(
         median params of the same patient's other samples and of the cohort.
         Without it, a population that fails uses its ``default`` (if declared)
         and is marked for borrowing.
+    replace
+        Populations whose own fit was a cohort outlier in pass 1: they take the
+        fallback chain (``borrowed``) instead of fitting, noted ``cohort_outlier``.
     """
     if isinstance(template, StaticGating):
         return _apply_static(fcs, template, sample_id=sample_id, patient_id=patient_id)
     channel_map = template.panel.resolve(fcs, sample=sample_id)
+    scale, scale_notes = check_scale(fcs, template, channel_map, sample_id=sample_id)
     strategy = template.base_strategy()
     n = fcs.n_events
     # Gates are evaluated exactly either way; the fast space also gives cheap
@@ -1034,7 +1531,7 @@ def gate_one(
     fits: dict[str, PopulationFit] = {}
     cache: dict = {}
     for spec in template.populations:
-        dims = tuple(template.dimension(d, channel_map[d], spec.space) for d in spec.dims)
+        dims = tuple(scale.dimension(d, channel_map[d], spec.space) for d in spec.dims)
         parent_mask = masks.get(spec.parent) if spec.parent not in (None, "root") else None
         parent_n = n if parent_mask is None else int(parent_mask.sum())
         if spec.method == "boolean":
@@ -1047,7 +1544,23 @@ def gate_one(
             fits[spec.name] = PopulationFit({}, "static")
             continue
         method = spec.estimator()
-        fit = _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, borrowed)
+        if isinstance(method, TimeGate):
+            method.partner, method.signals = _time_partner(
+                template, scale, channel_map, space, spec, parent_mask
+            )
+        if spec.name in replace and method.borrowable and borrowed is not None:
+            fit = _fallback(spec, method, borrowed, "cohort_outlier")
+        else:
+            fit = _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, borrowed)
+        if (
+            fit.source in ("patient", "cohort")
+            and spec.params.get("borrow") == "relative"
+            and hasattr(method, "adapt")
+            and parent_n >= 20
+        ):
+            rows = None if parent_mask is None else np.flatnonzero(parent_mask)
+            fit.params = method.adapt(fit.params, space.estimates(dims, rows))
+            fit.notes.append("borrowed_relative")
         if fit.params is None:
             # No gate at all: the population is empty and flagged as a failure.
             gate = RectangleGate(
@@ -1060,25 +1573,62 @@ def gate_one(
         if fit.params is not None:
             freq = 100.0 * masks[spec.name].sum() / parent_n if parent_n else float("nan")
             guard_flags = _check_guard(spec, method, fit.params, freq)
-            if guard_flags and fit.source == "fit" and spec.fallback:
+            if guard_flags and fit.source == "fit" and spec.fallback and method.borrowable:
                 # An implausible frequency: replace the fit by the fallback chain.
                 alt = _fallback(spec, method, borrowed, guard_flags[0])
                 if alt.params is not None:
                     del strategy.gates[spec.name]
                     gate = strategy.add_gate(method.realise(alt.params, dims))
                     masks[spec.name] = strategy.evaluate(gate, space, masks)
+                    freq = 100.0 * masks[spec.name].sum() / parent_n if parent_n else math.nan
+                    alt.flags.extend(_check_guard(spec, method, alt.params, freq))
                     fit = alt
                 else:
                     fit.flags.extend(
                         [*guard_flags, *(f for f in alt.flags if f == "needs_borrowing")]
                     )
+            elif fit.source in ("patient", "cohort"):
+                # A borrowed gate is trusted only while its frequency is plausible here.
+                fit.flags.extend(f for f in guard_flags if f.startswith("frequency"))
             else:
                 fit.flags.extend(guard_flags)
         fits[spec.name] = fit
+    if scale_notes and template.populations:
+        fits[template.populations[0].name].notes.extend(scale_notes)
     result = GatingResult(sample_id, n, masks, {g.id: g.parent for g in strategy.gates.values()})
-    table = result.table()
-    table["qc_flag"] = [";".join(fits[p].flags) for p in table["population"]]
-    return SampleGating(sample_id, patient_id, fits, table, strategy, channel_map, n)
+    out = SampleGating(
+        sample_id,
+        patient_id,
+        fits,
+        result.table(),
+        strategy,
+        channel_map,
+        n,
+        parents={p.name: p.parent for p in template.populations},
+    )
+    out.refresh_table()
+    return out
+
+
+def _time_partner(template, scale, channel_map, space, spec, parent_mask):
+    """The partner dimension of a time gate's polygon and the signals of its QC.
+
+    Partner: ``params.partner`` or the panel's first non-time channel (raw). Signals:
+    every other marker and channel of the panel in gate space (transformed), for
+    the parent's events, as ``(n, c)``.
+    """
+    time_channels = {channel_map[d] for d in spec.dims}
+    names = [m for m in template.panel.markers if channel_map[m] not in time_channels]
+    partner_name = spec.params.get("partner") or next(
+        (m for m in names if not template.panel.marker(m).compensated), None
+    )
+    partner = None
+    if partner_name is not None:
+        partner = scale.dimension(partner_name, channel_map[partner_name], "raw")
+    dims = [scale.dimension(m, channel_map[m], "transformed") for m in names]
+    rows = None if parent_mask is None else np.flatnonzero(parent_mask)
+    signals = space.estimates(tuple(dims), rows) if dims else None
+    return partner, signals
 
 
 def _apply_static(fcs, gating: StaticGating, *, sample_id: str, patient_id: str) -> SampleGating:
@@ -1089,6 +1639,7 @@ def _apply_static(fcs, gating: StaticGating, *, sample_id: str, patient_id: str)
     fits = {pop: PopulationFit({}, "static") for pop in result.masks}
     table = result.table()
     table["qc_flag"] = ""
+    table["qc_note"] = ""
     return SampleGating(sample_id, patient_id, fits, table, strategy, channel_map, fcs.n_events)
 
 
@@ -1097,7 +1648,7 @@ def _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, bor
     if isinstance(method, StaticShape):
         return PopulationFit({}, "static")
     if parent_n < max(spec.min_events, 1):
-        return _fallback(spec, method, borrowed, "few_events")
+        return _fallback(spec, method, borrowed, f"few_events({parent_n})")
     rows = None if parent_mask is None else np.flatnonzero(parent_mask)
     X = space.estimates(dims, rows)
     try:
@@ -1109,43 +1660,53 @@ def _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, bor
         if not spec.fallback:
             return PopulationFit(params, "fit", ["threshold_out_of_range"])
         return _fallback(spec, method, borrowed, "threshold_out_of_range")
-    return PopulationFit(params, "fit")
+    return PopulationFit(params, "fit", list(method.review_), notes=list(method.notes_))
 
 
 def _fallback(spec, method, borrowed, reason: str) -> PopulationFit:
     """Walk the template's fallback chain for a population whose own fit is unusable.
 
-    In pass 1 (``borrowed is None``) patient/cohort params are not known yet: the
-    population takes its ``default`` meanwhile (or nothing) and is marked
-    ``needs_borrowing`` so that pass 2 re-gates the sample.
+    A gate borrowed from the same patient's other samples or from the cohort is
+    recorded as a note (``info``: the reason and ``borrowed_patient`` /
+    ``borrowed_cohort``); the template's ``default`` (a fixed gate, not fitted to
+    this cohort) and no gate at all (``fail``) need review. In pass 1 (``borrowed
+    is None``) patient/cohort params are not known yet: the population takes its
+    ``default`` meanwhile (or nothing) and is marked ``needs_borrowing`` so that
+    pass 2 re-gates the sample.
     """
-    flags = [reason]
     if not method.borrowable:
-        return PopulationFit(None, "none", [*flags, FLAG_FAIL], reason)
+        return PopulationFit(None, "none", [reason, FLAG_FAIL], reason)
     for fb in spec.fallback:
         if fb == "default" and spec.default:
-            return PopulationFit(dict(spec.default), "default", [*flags, "default_gate"])
+            return PopulationFit(dict(spec.default), "default", [reason, "default_gate"])
         if borrowed is None:
             if spec.default:
                 return PopulationFit(
-                    dict(spec.default), "default", [*flags, "needs_borrowing", "default_gate"]
+                    dict(spec.default), "default", [reason, "needs_borrowing", "default_gate"]
                 )
-            return PopulationFit(None, "none", [*flags, "needs_borrowing", FLAG_FAIL], reason)
+            return PopulationFit(None, "none", [reason, "needs_borrowing", FLAG_FAIL], reason)
         params = (borrowed.get(spec.name) or {}).get(fb)
         if params:
-            return PopulationFit(dict(params), fb, [*flags, f"borrowed_{fb}"])
-    return PopulationFit(None, "none", [*flags, FLAG_FAIL], reason)
+            return PopulationFit(dict(params), fb, notes=[reason, f"borrowed_{fb}"])
+    return PopulationFit(None, "none", [reason, FLAG_FAIL], reason)
 
 
 def _gate_path(args) -> SampleGating:
-    inp, template, borrowed = args
+    inp, template, borrowed, replace = args
     from .read import read_fcs
 
     try:
         fcs = read_fcs(inp.fcs_path)
-        return gate_one(
-            fcs, template, sample_id=inp.sample_id, patient_id=inp.patient_id, borrowed=borrowed
+        res = gate_one(
+            fcs,
+            template,
+            sample_id=inp.sample_id,
+            patient_id=inp.patient_id,
+            borrowed=borrowed,
+            replace=replace,
         )
+        res.visit_month = float(inp.visit_month)
+        return res
     except ImmunoError as exc:
         if exc.sample is None:
             exc.sample = inp.sample_id
@@ -1179,71 +1740,148 @@ def gate_samples(
 ) -> list[SampleGating]:
     """Gate a cohort of one panel: pass 1 per sample, then borrowing where needed.
 
-    Pass 1 gates every sample on its own. For each population, the params of
-    samples whose fit was accepted are pooled per patient and over the cohort
-    (medians). Pass 2 re-gates only the samples that need borrowing, with those
-    pooled params, so their children are fitted on the corrected parent.
-    Samples run in parallel (``workers`` processes); one sample's error is
-    recorded in its result and costs no other sample its result.
+    Pass 1 gates every sample on its own. Fits that are cohort outliers (see
+    :func:`cohort_outliers`) are set aside; the params of the other accepted fits
+    are pooled per patient and over the cohort (medians). Pass 2 re-gates only the
+    samples that need borrowing (a failed fit, or an outlier, which is replaced by
+    the patient's, then the cohort's gate, as a failed fit is), so their children
+    are fitted on the corrected parent. A fit that is still an outlier after pass 2
+    is flagged ``cohort_outlier`` for review. Samples run in parallel (``workers``
+    processes); one sample's error is recorded in its result and costs no other
+    sample its result.
     """
-    first = _map(_gate_path, [(s, template, None) for s in samples], workers)
+    first = _map(_gate_path, [(s, template, None, ()) for s in samples], workers)
+    reference: dict = {}
+    outliers = cohort_outliers(first, template, reference=reference)
     ok_params: dict[str, dict[str, list[dict]]] = {}
-    for res in first:
+    for i, res in enumerate(first):
         for pop, fit in res.fits.items():
-            if fit.source == "fit" and not fit.flags and fit.params:
+            if fit.source == "fit" and not fit.flags and fit.params and (i, pop) not in outliers:
                 ok_params.setdefault(pop, {}).setdefault(res.patient_id, []).append(fit.params)
     cohort = {
         pop: _median_params([p for v in d.values() for p in v]) for pop, d in ok_params.items()
     }
     redo = []
     for i, res in enumerate(first):
-        if any("needs_borrowing" in f.flags for f in res.fits.values()):
+        replace = tuple(sorted(pop for j, pop in outliers if j == i))
+        if replace or any("needs_borrowing" in f.flags for f in res.fits.values()):
             borrowed = {}
             for pop in res.fits:
                 pat = _median_params(ok_params.get(pop, {}).get(res.patient_id, []))
                 borrowed[pop] = {"patient": pat, "cohort": cohort.get(pop)}
-            redo.append((i, (samples[i], template, borrowed)))
+            redo.append((i, (samples[i], template, borrowed, replace)))
     if redo:
         log.info("pass 2: %d of %d samples borrow gates", len(redo), len(samples))
         second = _map(_gate_path, [a for _, a in redo], workers)
         for (i, _), res in zip(redo, second, strict=True):
             first[i] = res
-    _flag_outliers(first, template)
+    # Judged by pass 1's medians and spreads: without its outliers the cohort looks
+    # tighter, and judging it again would make new outliers of ordinary fits.
+    for i, pop in cohort_outliers(first, template, reference=reference):
+        fit = first[i].fits[pop]
+        if "cohort_outlier" not in fit.flags:
+            fit.flags.append("cohort_outlier")
+    for r in first:
+        r.refresh_table()
+    _warn_scale(first, template)
     return first
 
 
-def _flag_outliers(results: list[SampleGating], template: Template, k: float = 4.0) -> None:
-    """Flag samples whose fitted gate lies far from the cohort (``cohort_outlier``).
+def _warn_scale(results: list[SampleGating], template: Template) -> None:
+    """One warning per panel for the files read on another scale (:func:`check_scale`)."""
+    if not template.populations:
+        return
+    first = template.populations[0].name
+    seen: dict[str, list[str]] = {}
+    for r in results:
+        fit = r.fits.get(first)
+        for note in fit.notes if fit else ():
+            if note.startswith(("linear_scale", "not_compensated")):
+                seen.setdefault(note, []).append(r.sample_id)
+    for note, ids in sorted(seen.items()):
+        log.warning(
+            "panel %s: %d of %d files %s (e.g. %s): the channel's $PnR is far below the top "
+            "of the template's transform, so the values look already transformed or "
+            "rescaled; see qc_note and the methods text",
+            template.name,
+            len(ids),
+            len(results),
+            "gated "
+            + note.replace("linear_scale(", "on a linear scale (").replace(
+                "not_compensated(already_transformed)",
+                "not compensated again (already transformed)",
+            ),
+            ids[0],
+        )
 
-    For each population and each scalar of its params (thresholds, centres), a
-    sample is an outlier when it is more than ``k`` robust SDs (MAD x 1.4826)
-    from the cohort median.
+
+def cohort_outliers(
+    results: list[SampleGating],
+    template: Template,
+    k: float = 4.0,
+    min_group: int = 8,
+    *,
+    reference: dict | None = None,
+) -> set[tuple[int, str]]:
+    """``(result index, population)`` of the fits far from comparable samples' fits.
+
+    For each population (of one panel: one template) and each scalar of its fitted
+    params (thresholds, centres; gate space), a fit is an outlier when it lies more
+    than ``k`` robust SDs (MAD x 1.4826, at least 2% of the median's magnitude, so
+    that a tight cohort does not make trivial differences outliers) from the median
+    of its comparison group. The group is the whole panel, or the fit's visit when
+    the cohort's values cluster by visit (Kruskal-Wallis p < 0.001 across visits
+    with at least ``min_group`` fits each), so that a legitimate shift at one visit
+    (e.g. the live gate at entry) is not an outlier. Groups of fewer than
+    ``min_group`` fits judge nothing. Only fits of the sample's own data count.
+
+    ``reference``: an empty dict is filled with each group's ``(median, spread)``; a
+    filled one is used instead of the groups' own (to judge pass 2 by pass 1).
     """
+    from scipy.stats import kruskal
+
+    found: set[tuple[int, str]] = set()
     for spec in template.populations:
         method = spec.estimator()
-        vals: dict[str, list[tuple[int, float]]] = {}
+        vals: dict[str, list[tuple[int, float, float]]] = {}
         for i, r in enumerate(results):
             fit = r.fits.get(spec.name)
             if fit is None or not fit.params or fit.source != "fit":
                 continue
             for key, v in method.thresholds(fit.params).items():
-                vals.setdefault(key, []).append((i, v))
-        for iv in vals.values():
-            if len(iv) < 8:
+                if v is not None and math.isfinite(v):
+                    vals.setdefault(key, []).append((i, r.visit_month, float(v)))
+        for key, iv in vals.items():
+            if len(iv) < min_group:
                 continue
-            arr = np.array([v for _, v in iv])
-            med = np.median(arr)
-            mad = np.median(np.abs(arr - med)) * 1.4826
-            if mad <= 0:
-                continue
-            for i, v in iv:
-                if abs(v - med) > k * mad:
-                    fit = results[i].fits[spec.name]
-                    if "cohort_outlier" not in fit.flags:
-                        fit.flags.append("cohort_outlier")
-        for r in results:
-            if r.table is not None:
-                r.table["qc_flag"] = [r.flag(p) for p in r.table["population"]]
+            groups: dict[float, list[tuple[int, float]]] = {}
+            for i, visit, v in iv:
+                groups.setdefault(visit, []).append((i, v))
+            ref_key = (spec.name, key)
+            if reference is not None and ref_key in reference:
+                by_visit, stats = reference[ref_key]
+            else:
+                big = [g for g in groups.values() if len(g) >= min_group]
+                by_visit = False
+                if len(big) >= 2:
+                    samples_ = [[v for _, v in g] for g in big]
+                    if len({x for g in samples_ for x in g}) > 1:
+                        by_visit = bool(kruskal(*samples_).pvalue < 1e-3)
+                stats = {}
+                for visit, g in groups.items() if by_visit else [(None, iv)]:
+                    if len(g) < min_group:
+                        continue
+                    arr = np.array([x[-1] for x in g])
+                    med = float(np.median(arr))
+                    mad = float(np.median(np.abs(arr - med))) * 1.4826
+                    stats[visit] = (med, max(mad, 0.02 * abs(med), 1e-12))
+                if reference is not None:
+                    reference[ref_key] = (by_visit, stats)
+            for i, visit, v in iv:
+                centre = stats.get(visit if by_visit else None)
+                if centre is not None and abs(v - centre[0]) > k * centre[1]:
+                    found.add((i, spec.name))
+    return found
 
 
 def strategy_for_file(template_path: str | Path, fcs) -> GatingStrategy:
@@ -1271,9 +1909,20 @@ def realised_params(results: list[SampleGating], template: Template):
                         "source": fit.source,
                         "key": key,
                         "value": v,
-                        "qc_flag": ";".join(fit.flags),
+                        "qc_flag": r.flag(spec.name),
+                        "qc_note": r.note(spec.name),
                     }
                 )
     return pd.DataFrame(
-        rows, columns=["sample_id", "patient_id", "population", "source", "key", "value", "qc_flag"]
+        rows,
+        columns=[
+            "sample_id",
+            "patient_id",
+            "population",
+            "source",
+            "key",
+            "value",
+            "qc_flag",
+            "qc_note",
+        ],
     )

@@ -315,7 +315,7 @@ def gate_cohort(
     """Gate every sample that passed :func:`check_inputs`, panel by panel.
 
     Writes ``counts_path`` (per sample and population: ``sample_id, population,
-    parent, count, parent_count, percent_of_parent, qc_flag``), ``params_path``
+    parent, count, parent_count, percent_of_parent, qc_flag, qc_note``), ``params_path``
     (every fitted threshold or centre, for the cohort QC view), ``failed_path``
     (samples that failed, with the ``stage``: ``input_check``, ``gating`` or
     ``export_gates``, and the error class, field, message and hint) and
@@ -386,6 +386,7 @@ def gate_cohort(
         "parent_count",
         "percent_of_parent",
         "qc_flag",
+        "qc_note",
     ]
     counts = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
     write_tsv(counts, counts_path)

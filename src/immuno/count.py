@@ -4,7 +4,8 @@
 the columns of ``results/counts.tsv`` (README, "Contract"):
 ``sample_id, patient_id, dose_group, visit_month, panel, population, parent,
 count, parent_count, percent_of_parent, percent_of_lymphocytes, absolute_count,
-qc_flag``.
+qc_flag, qc_note``: ``qc_flag`` says why a person must look at the value (empty:
+nothing to review), ``qc_note`` what was done that needs no action.
 
 ``percent_of_lymphocytes`` is the population's events as a percentage of the
 sample's ``lymphocytes`` population (defined for it and its descendants, empty
@@ -36,6 +37,7 @@ COUNT_COLUMNS = [
     "percent_of_lymphocytes",
     "absolute_count",
     "qc_flag",
+    "qc_note",
 ]
 
 
@@ -107,6 +109,7 @@ def cohort_table(
     else:
         df["absolute_count"] = np.nan
     df["qc_flag"] = df["qc_flag"].fillna("")
+    df["qc_note"] = df["qc_note"].fillna("") if "qc_note" in df else ""
     return (
         df[COUNT_COLUMNS]
         .sort_values(["panel", "patient_id", "visit_month", "sample_id"], kind="stable")

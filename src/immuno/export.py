@@ -317,7 +317,9 @@ class _Sample:
                 self.parameter(d)  # ratio dims fail here, naming the sample
                 ch = d.channel
                 if ch not in self.scale:
-                    self.scale[ch] = _time_step(self.text, ch)
+                    # A strategy read with scaling "flowjo" holds Time in seconds already.
+                    seconds = self.strategy.scaling == "flowjo"
+                    self.scale[ch] = 1.0 if seconds else _time_step(self.text, ch)
                     self.top[ch] = _channel_range(self.text, ch)
                 t = self.gate_transform(d)
                 if t is not None and (t.bound_min is not None or t.bound_max is not None):

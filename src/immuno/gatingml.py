@@ -290,6 +290,16 @@ def _custom_name(el: ET.Element) -> str | None:
     return None
 
 
+def _time_in_seconds(root: ET.Element) -> bool:
+    """Whether the file's top-level ``custom_info`` says Time is stored x ``$TIMESTEP``."""
+    for ci in root:
+        if _local(ci.tag) == "custom_info":
+            for k in ci.iter(f"{{{IMMUNO_NS}}}time-scale"):
+                if (k.text or "").strip() == "TIMESTEP":
+                    return True
+    return False
+
+
 def load_gatingml(path: str | os.PathLike) -> GatingStrategy:
     """Read a Gating-ML 2.0 file into a :class:`~immuno.gate.GatingStrategy`.
 
@@ -309,7 +319,9 @@ def load_gatingml(path: str | os.PathLike) -> GatingStrategy:
             hint="expected a Gating-ML 2.0 file",
         )
     strategy = GatingStrategy()
-    strategy.scaling = "gain"
+    # Gating-ML 2.0 channel values; files written by immuno with Time in seconds
+    # say so (``<immuno:time-scale>``), as FlowKit reads every file.
+    strategy.scaling = "flowjo" if _time_in_seconds(root) else "gain"
     strategy.require_spillover = False
     pending: list[tuple[str, str | None, Gate]] = []  # (xml id, parent xml id, gate)
     names: dict[str, str] = {}  # xml id -> population name
@@ -631,8 +643,12 @@ def _name_info(el: ET.Element, name: str) -> None:
 
 
 def time_gates(strategy: GatingStrategy) -> list[str]:
-    """Ids of the gates with a dimension on the ``Time`` channel (sorted): Gating-ML
-    gives time as stored / ``$PnG``, FlowKit also multiplies it by ``$TIMESTEP``."""
+    """Ids of the gates on the ``Time`` channel that FlowKit reads on another scale
+    (sorted): Gating-ML gives time as stored / ``$PnG``, FlowKit also multiplies it by
+    ``$TIMESTEP``. Empty for a strategy whose scaling is ``"flowjo"`` (its Time is
+    in seconds already, and its Gating-ML file says so)."""
+    if strategy.scaling == "flowjo":
+        return []
     return sorted(
         {
             g.id
@@ -704,10 +720,19 @@ def write_gatingml(
 
     root = ET.Element(_G + "Gating-ML")
     info = ET.SubElement(root, _D + "custom_info")
+    seconds = strategy.scaling == "flowjo"
     info.text = (
         "Written by immuno. Channel values as Gating-ML 2.0 defines them "
-        f"($PnE decoded, divided by $PnG); strategy scaling: {strategy.scaling}."
+        "($PnE decoded, divided by $PnG)"
+        + (
+            "; Time in seconds (stored value x $TIMESTEP, as FlowKit and FlowJo read it)"
+            if seconds
+            else ""
+        )
+        + f"; strategy scaling: {strategy.scaling}."
     )
+    if seconds:
+        ET.SubElement(info, f"{{{IMMUNO_NS}}}time-scale").text = "TIMESTEP"
     for tid in used_t:
         root.append(_transform_element(strategy.transforms[tid], t_ids[tid]))
     for cid in used_c:

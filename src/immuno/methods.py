@@ -98,6 +98,13 @@ def _side(sel: str) -> str:
     return "positive (at or above the threshold)" if sel == "+" else "negative (below it)"
 
 
+def _range_text(rng) -> str:
+    if isinstance(rng, dict) and "quantile" in rng:
+        a, b = rng["quantile"]
+        return f"the parent's {_fmt(100 * float(a))}th to {_fmt(100 * float(b))}th percentiles"
+    return _fmt(rng)
+
+
 def _method_text(template, spec) -> str:
     """What a population's method does, with its parameters and units."""
     p = dict(spec.params)
@@ -108,13 +115,20 @@ def _method_text(template, spec) -> str:
     sides = ", ".join(f"{d} {_side(s)}" for d, s in zip(dims, sel, strict=False))
     m = spec.method
     if m == "mindensity":
-        rng = p.get("range")
-        where = f", searched within {_fmt(rng)}" if rng else ""
+        where = f", searched within {_range_text(p.get('range'))}" if p.get("range") else ""
+        which = "lowest" if p.get("valley") == "first" else "deepest"
+        shoulder = (
+            "; a dimension with one peak and a shoulder is cut where the two components of a "
+            "two-Gaussian fit (scikit-learn) are equally dense, when two components beat one "
+            "by 2 BIC and lie at least 1.5 SDs apart"
+            if p.get("shoulder", True)
+            else ""
+        )
         return (
-            "the deepest valley between two neighbouring peaks of the parent's density "
+            f"the {which} valley between two neighbouring peaks of the parent's density "
             "(Gaussian-smoothed 512-bin histogram, Silverman bandwidth x "
             f"{_fmt(float(p.get('adjust') or 1.0))}; peaks under 2% of the highest ignored)"
-            f"{where}, per dimension; keeps {sides}. Coordinates: {units}."
+            f"{where}, per dimension{shoulder}; keeps {sides}. Coordinates: {units}."
         )
     if m == "tailcut":
         return (
@@ -127,10 +141,17 @@ def _method_text(template, spec) -> str:
         w = p.get("weights", [1, -1])
         return (
             f"the density valley of z = w . (x, y) with w = {_fmt(w)} (normalised to unit "
-            f"length) over ({', '.join(dims)}), searched within {_fmt(p.get('range'))}, "
+            f"length) over ({', '.join(dims)}), searched within {_range_text(p.get('range'))}, "
             f"bandwidth x {_fmt(float(p.get('adjust', 1.0)))}; keeps z "
             f"{'>=' if p.get('select', '+') == '+' else '<'} the threshold, realised as a "
-            f"half-plane polygon. Coordinates: {units}."
+            "half-plane polygon"
+            + (
+                "; a borrowed cut keeps its distance from the sample's own median of z in "
+                "units of its robust SD"
+                if p.get("borrow") == "relative"
+                else ""
+            )
+            + f". Coordinates: {units}."
         )
     if m == "mixture":
         pick = p.get("pick")
@@ -141,36 +162,56 @@ def _method_text(template, spec) -> str:
             + ", then ".join(f"{k} {v}" for r in (pick or []) for k, v in r.items())
             + " of the component means"
         )
+        comp = p.get("components", [2, 5])
+        comp = [comp] if isinstance(comp, int) else list(comp)
+        number = (
+            f"{comp[0]} components"
+            if comp[0] == comp[-1]
+            else f"{comp[0]} to {comp[-1]} components, the number chosen by BIC"
+        )
         return (
-            f"a Gaussian mixture of {int(p.get('components', 3))} components (full "
-            "covariances) fitted by EM from two k-means++ starts, the more likely kept "
-            f"(deterministic: random_state {int(p.get('random_state', 0))}), to at most "
-            f"{int(p.get('max_events', 5000))} events of the parent; {chosen}, among components "
-            f"weighing at least {_fmt(float(p.get('min_weight', 0.02)))}; realised as "
+            f"a Gaussian mixture of {number} (scikit-learn, full covariances, fitted on "
+            f"robustly standardised values from {int(p.get('n_init', 2))} k-means++ starts; "
+            f"random_state {int(p.get('random_state', 0))}) to at most "
+            f"{int(p.get('max_events', 4000))} events of the parent; {chosen}, among components "
+            f"weighing at least {_fmt(float(p.get('min_weight', 0.02)))}, merged with the "
+            "components that form one mode with it (no density valley between the means); "
+            "realised as "
             + (
                 "the ellipse"
                 if p.get("shape", "polygon") == "ellipse"
-                else f"the {int(p.get('vertices', 128))}-vertex polygon inscribed in the ellipse"
+                else f"a {int(p.get('vertices', 128))}-vertex polygon on the ellipse"
             )
             + f" holding {_fmt(float(p.get('coverage', 0.99)))} of that Gaussian "
-            f"(chi-square quantile, 2 degrees of freedom). Coordinates: {units}."
+            "(chi-square quantile, 2 degrees of freedom), each vertex pulled in to where the "
+            "cluster stops being the likelier source of an event (posterior 0.5), so the gate "
+            f"never reaches another cluster's centre. Coordinates: {units}."
         )
     if m == "singlets":
         return (
             f"the ratio {dims[1]}/{dims[0]} of each event with {dims[0]} above "
-            f"{_fmt(float(p.get('min_area', 1000.0)))}: the cut is median - k MAD (k = "
+            + (
+                _fmt(float(p["min_area"]))
+                if p.get("min_area") is not None
+                else "a tenth of the median"
+            )
+            + ": the cut is median - k MAD (k = "
             f"{_fmt(float(p.get('k', 4.0)))}, MAD x 1.4826), raised to the density valley "
             "between the singlet and doublet ratio peaks when there is one between median - 10 "
             f"MAD and median - 2 MAD; realised as the polygon {dims[1]} >= ratio x {dims[0]}. "
             f"Coordinates: {units}."
         )
     if m == "time":
+        bins = f"{int(p['bins'])} bins" if p.get("bins") else "about 150 events per bin"
         return (
-            f"events binned in time ({int(p.get('bins', 100))} bins); bins whose event rate "
-            f"differs from the median rate by more than k = {_fmt(float(p.get('k', 5.0)))} "
-            "robust SDs are unstable, and the longest run of stable bins is kept (a range on "
-            f"{dims[0]}; an end needing no cut stays open). Coordinates: {units}. Not "
-            "borrowed across samples."
+            f"the acquisition binned in time ({bins}); per bin the event rate and the median "
+            "of every scatter and fluorescence channel; bins departing from the file's "
+            f"robust centre by more than k = {_fmt(float(p.get('k', 5.0)))} robust SDs, or "
+            "following a gap in time, are removed as segments, their edges refined to the "
+            "event, and the steady events before and after are kept (a range, or a polygon "
+            "on time and a scatter channel holding every kept time interval). Removing more "
+            f"than {_fmt(100 * float(p.get('review_above', 0.10)))}% of the events flags the "
+            f"file for review. Coordinates: {units}. Not borrowed across samples."
         )
     if m == "boolean":
         ops = [
@@ -307,7 +348,16 @@ def _statistics_section(config: Mapping) -> list[str]:
         f"per-patient change (month {follow} minus month {base}) was compared between "
         f"{group} groups with the two-sided Mann-Whitney U test (every pair of groups when "
         "there are more than two). Patients missing either visit are excluded and counted; "
-        "values whose ``qc_flag`` contains ``fail`` are excluded before testing. The p-value "
+        + (
+            "values flagged for review (a non-empty ``qc_flag``: the population's gate or "
+            "one above it needed review) were kept, as the configuration asks "
+            "(``statistics.include_review``); values flagged ``fail`` were excluded. "
+            if st.get("include_review")
+            else "values flagged for review (a non-empty ``qc_flag``: the population's gate "
+            "or one above it needed review, or could not be placed) were excluded before "
+            "testing and counted (``n_qc_excluded``). "
+        )
+        + "The p-value "
         "is exact when there are no ties (or zero differences) and n <= 50, an exhaustive "
         "permutation p-value when there are ties and at most 2^16 arrangements, and otherwise "
         "asymptotic (normal, tie- and continuity-corrected); each result names its method. "

@@ -17,8 +17,11 @@ populations tested.
 
 Rules shared by every test:
 
-* Rows whose ``qc_flag`` contains ``"fail"`` are excluded before anything else; how many
-  were excluded is logged and reported in the ``n_qc_failed`` column.
+* Rows that need review (a non-empty ``qc_flag``: the population's gate, or a gate above
+  it, was flagged ``review``, or could not be placed, ``fail``) are excluded before
+  anything else; how many were excluded is logged and reported in the ``n_qc_excluded``
+  column. :func:`write_stats` with ``include_review=True`` keeps the reviewed rows and
+  excludes only ``fail``.
 * One value per patient, population and visit: two rows for the same (e.g. two tubes, or
   a gate shared by two panels such as ``lymphocytes`` in the T and the B tube) is an
   :class:`~immuno.errors.ImmunoError`; filter ``counts`` on ``panel`` first.
@@ -55,6 +58,7 @@ __all__ = [
     "BETWEEN_COLUMNS",
     "bh_adjust",
     "failed_qc",
+    "keep_reviewed",
     "patient_table",
     "paired_change",
     "change_between_groups",
@@ -86,7 +90,7 @@ PAIRED_COLUMNS = [
     "p_value",
     "method",
     "p_adjusted",
-    "n_qc_failed",
+    "n_qc_excluded",
 ]
 
 #: Columns of :func:`change_between_groups`, in order.
@@ -103,7 +107,7 @@ BETWEEN_COLUMNS = [
     "p_value",
     "method",
     "p_adjusted",
-    "n_qc_failed",
+    "n_qc_excluded",
 ]
 
 _BASE_COLUMNS = ("patient_id", "visit_month", "population", "qc_flag")
@@ -162,13 +166,22 @@ def bh_adjust(p_values: Iterable[float]) -> np.ndarray:
 
 
 def failed_qc(counts: pd.DataFrame) -> pd.Series:
-    """Boolean mask of rows whose ``qc_flag`` contains ``"fail"`` (case-insensitive).
+    """Boolean mask of the rows excluded from statistics: a non-empty ``qc_flag``.
 
-    ``qc_flag`` is ``""`` (or NaN, as read back from a TSV) for a row that passed, else
-    a ``;``-separated list of flags.
+    ``qc_flag`` is ``""`` (or NaN, as read back from a TSV) for a row that needs no
+    review, else a ``;``-separated list of the reasons to look (``fail`` among them
+    when no gate could be placed).
     """
     _require_columns(counts, ["qc_flag"])
-    return counts["qc_flag"].fillna("").astype(str).str.contains("fail", case=False)
+    return counts["qc_flag"].fillna("").astype(str).str.strip() != ""
+
+
+def keep_reviewed(counts: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``counts`` whose review flags no longer exclude rows (only ``fail``)."""
+    _require_columns(counts, ["qc_flag"])
+    flags = counts["qc_flag"].fillna("").astype(str)
+    fail = flags.str.split(";").map(lambda fs: any(f.strip() == "fail" for f in fs))
+    return counts.assign(qc_flag=flags.where(fail, ""))
 
 
 def _require_columns(counts: pd.DataFrame, columns: Iterable[str]) -> None:
@@ -300,7 +313,7 @@ def patient_table(
         Indexed by ``patient_id`` (every patient of the table, also those without a row
         for ``population``); column ``by`` (str) then one float column per visit month
         present in the table (sorted), NaN where the visit is missing, failed QC or has
-        no value. ``attrs["n_qc_failed"]`` holds the number of rows of this population
+        no value. ``attrs["n_qc_excluded"]`` holds the number of rows of this population
         excluded for failed QC.
 
     Raises
@@ -318,7 +331,7 @@ def patient_table(
     failed = failed_qc(rows)
     n_failed = int(failed.sum())
     if n_failed:
-        log.info("%s: excluded %d QC-failed row(s) from statistics", population, n_failed)
+        log.info("%s: excluded %d row(s) flagged for review from statistics", population, n_failed)
     rows = rows[~failed]
     keyed = pd.DataFrame(
         {
@@ -353,7 +366,7 @@ def patient_table(
     wide.columns = [float(c) for c in wide.columns]
     wide.columns.name = "visit_month"
     wide.insert(0, by, roster)
-    wide.attrs["n_qc_failed"] = n_failed
+    wide.attrs["n_qc_excluded"] = n_failed
     return wide
 
 
@@ -485,7 +498,7 @@ def paired_change(
         ``statistic`` is the smaller of the signed-rank sums (two-sided); ``method``
         names how the p-value was computed (module docstring); ``p_adjusted`` is
         Benjamini-Hochberg across the populations of one group. With ``n_pairs < 2`` the
-        p-value is NaN and ``method`` is ``"too few pairs"``. ``n_qc_failed`` counts
+        p-value is NaN and ``method`` is ``"too few pairs"``. ``n_qc_excluded`` counts
         rows of that group, population and the two visits excluded for failed QC.
     """
     _require_columns(counts, [*_BASE_COLUMNS, by])
@@ -531,7 +544,7 @@ def paired_change(
                     "p_value": p_value,
                     "method": method,
                     "p_adjusted": np.nan,
-                    "n_qc_failed": _n_failed_at(
+                    "n_qc_excluded": _n_failed_at(
                         counts,
                         population,
                         [baseline, followup],
@@ -620,7 +633,7 @@ def change_between_groups(
                         "p_value": p_value,
                         "method": method,
                         "p_adjusted": np.nan,
-                        "n_qc_failed": _n_failed_at(
+                        "n_qc_excluded": _n_failed_at(
                             counts, population, [baseline, followup], by, None
                         ),
                     }
@@ -666,8 +679,12 @@ def write_stats(
     baseline: float = 0.0,
     followup: float = 4.5,
     by: str = "dose_group",
+    include_review: bool = False,
 ) -> dict[str, Path]:
     """Run the paired and between-group tests of ``spec`` and write three TSV tables.
+
+    Rows flagged for review are left out (counted in ``n_qc_excluded``) unless
+    ``include_review``; rows flagged ``fail`` are always left out.
 
     Parameters
     ----------
@@ -696,6 +713,8 @@ def write_stats(
         every entry of ``spec`` (within each group for the paired tables).
     """
     items = _check_spec(spec)
+    if include_review:
+        counts = keep_reviewed(counts)
     kwargs = {"baseline": baseline, "followup": followup, "by": by}
     paired = pd.concat(
         [paired_change(counts, populations=[p], metric=m, **kwargs) for p, m in items],
@@ -722,7 +741,11 @@ def write_stats(
         between["p_adjusted"] = bh_adjust(between["p_value"].to_numpy(float))
     n_failed = int(failed_qc(counts).sum())
     if n_failed:
-        log.warning("excluded %d QC-failed row(s) of the cohort table from statistics", n_failed)
+        log.warning(
+            "excluded %d row(s) of the cohort table flagged for review from statistics "
+            "(statistics.include_review: true keeps them)",
+            n_failed,
+        )
     outdir = Path(outdir)
     is_pooled = paired["group"] == POOLED
     return {

@@ -18,4 +18,5 @@ write_stats(
     baseline=cfg["baseline_month"],
     followup=cfg["followup_month"],
     by=cfg["group_column"],
+    include_review=cfg.get("include_review", False),
 )
