@@ -153,10 +153,11 @@ def shoulder_threshold(
     search: tuple[float, float] | None = None,
     *,
     min_weight: float = 0.03,
-    min_separation: float = 1.5,
-    min_bic_gain: float = 2.0,
+    min_separation: float = 2.0,
+    min_bic_gain: float = 10.0,
     random_state: int = 0,
     max_events: int = 5000,
+    keep: str | None = None,
 ) -> float:
     """Threshold between a peak and its shoulder: a marker with one peak and a shoulder.
 
@@ -166,7 +167,10 @@ def shoulder_threshold(
     shoulder, not one skewed population, only when two components explain the data
     better than one by ``min_bic_gain`` (BIC), the lighter holds at least
     ``min_weight`` of the events and the means are at least ``min_separation``
-    pooled SDs apart (Ashman's D); otherwise, or when the cut leaves ``search``,
+    pooled SDs apart (Ashman's D); with ``keep`` (``"above"``: the gate keeps
+    ``x >= t``; ``"below"``) the peak must be on the kept side and the shoulder on
+    the other, so the cut trims a shoulder off the population and never keeps a
+    shoulder alone. Otherwise, or when the cut leaves ``search``,
     :class:`FitFailure` is raised.
     """
     x = x[np.isfinite(x)]
@@ -183,6 +187,9 @@ def shoulder_threshold(
     w, mu, sd = w[order], m[order, 0], np.sqrt(c[order, 0, 0])
     if w.min() < min_weight:
         raise FitFailure("one peak only, the shoulder is too light")
+    major = int(np.argmax(w))
+    if (keep == "above" and major != 1) or (keep == "below" and major != 0):
+        raise FitFailure("one peak only, its shoulder is on the kept side")
     if (mu[1] - mu[0]) / math.sqrt((sd[0] ** 2 + sd[1] ** 2) / 2) < min_separation:
         raise FitFailure("one peak only, no separable shoulder")
     grid = np.linspace(mu[0], mu[1], 1001)
@@ -193,6 +200,20 @@ def shoulder_threshold(
     if search is not None and not (search[0] <= t <= search[1]):
         raise FitFailure("the shoulder cut is outside the search range")
     return t
+
+
+def _density_share(x: np.ndarray, t: float) -> float:
+    """The parent's density at ``t`` as a share of its highest (0..1; gate space)."""
+    x = x[np.isfinite(x)]
+    if len(x) < 20:
+        return 0.0
+    lo, hi = np.percentile(x, [0.1, 99.9])
+    if not lo <= t <= hi:
+        return 0.0
+    pad = 0.1 * (hi - lo + 1e-9)
+    grid, dens = _density(x, lo - pad, hi + pad)
+    top = float(dens.max())
+    return float(np.interp(t, grid, dens) / top) if top > 0 else 0.0
 
 
 def search_range(x: np.ndarray, spec) -> tuple[float, float] | None:
@@ -433,6 +454,19 @@ class ThresholdMethod(Method):
                 cache[key] = (t, self.notes_[before:])
         return self
 
+    def check_borrowed(self, params: dict, X: np.ndarray) -> list[str]:
+        """Review reasons for a borrowed cut on this sample's parent events ``X``.
+
+        A cut borrowed from other samples is plausible here when it falls where this
+        sample's events are sparse: a cut where the density is above half its peak
+        runs through a population (``borrowed_cut_in_a_peak(dim)``).
+        """
+        out = []
+        for j, dim in enumerate(self.spec.dims):
+            if dim in params and _density_share(X[:, j], float(params[dim])) > 0.5:
+                out.append(f"borrowed_cut_in_a_peak({dim})")
+        return out
+
     def _dim_params(self, dim: str) -> dict:
         p = self.spec.params
         return {
@@ -470,7 +504,8 @@ class MinDensity(ThresholdMethod):
         except FitFailure as exc:
             if "one peak" not in str(exc) or not p.get("shoulder", True):
                 raise
-        t = shoulder_threshold(x, rng)
+        side = _sides(self.spec)[self.spec.dims.index(dim)]
+        t = shoulder_threshold(x, rng, keep="above" if side == "+" else "below")
         self.notes_.append(f"shoulder_cut({dim})")
         return t
 
@@ -611,13 +646,13 @@ class MixtureCluster(Method):
         """Moment-matched Gaussian of ``chosen`` and the components it forms one mode with.
 
         A component joins when the mixture density along the straight line from its
-        mean to the nearest member's mean never falls below ``merge`` (default 0.8)
-        times the lower of the two end densities: no valley between them, one
-        population the mixture split in parts (a skewed cluster, or lymphocyte subsets
-        of slightly different scatter). A component more than 4 times the chosen
-        one's area (sqrt of the covariance determinant) is background spread over
-        the plot, not part of a cluster, and does not join; nor do components the
-        pick rules excluded (e.g. as debris). The gate's posterior bound
+        mean to the chosen component's mean never falls below ``merge`` (default 0.8)
+        times the lower of the two end densities (no chaining through a third): no
+        valley between them, one population the mixture split in parts (a skewed
+        cluster, or lymphocyte subsets of slightly different scatter). A component
+        more than 4 times the chosen one's area (sqrt of the covariance determinant)
+        is background spread over the plot, not part of a cluster, and does not join;
+        nor do components the pick rules excluded (e.g. as debris). The gate's posterior bound
         (:func:`_posterior_radii`) keeps whatever is merged off the other clusters.
         """
         ratio = float(self.spec.params.get("merge", 0.8))
@@ -628,19 +663,12 @@ class MixtureCluster(Method):
             for j in eligible
             if j != chosen and math.sqrt(np.linalg.det(covs[j])) <= 4.0 * area
         ]
-        grown = True
-        while grown and rest:
-            grown = False
-            for j in list(rest):
-                near = min(members, key=lambda m: float(((means[m] - means[j]) ** 2).sum()))
-                t = np.linspace(0.0, 1.0, 41)[:, None]
-                dens = _mixture_density(
-                    means[near] + t * (means[j] - means[near]), weights, means, covs
-                )
-                if dens.min() >= ratio * min(dens[0], dens[-1]):
-                    members.append(j)
-                    rest.remove(j)
-                    grown = True
+        t = np.linspace(0.0, 1.0, 41)[:, None]
+        for j in rest:
+            line = means[chosen] + t * (means[j] - means[chosen])
+            dens = _mixture_density(line, weights, means, covs)
+            if dens.min() >= ratio * min(dens[0], dens[-1]):
+                members.append(j)
         w = weights[members]
         total = float(w.sum())
         mean = (w[:, None] * means[members]).sum(axis=0) / total
@@ -737,10 +765,7 @@ class Projection(Method):
     diagonal of a continuum better than two 1-D cuts); the threshold is the
     density valley of ``z`` (``range`` limits the search, in units of ``z``).
     ``select: "+"`` keeps ``z >= threshold``. Realised as a half-plane polygon
-    in gate space. ``params_``: ``z`` (the cut), ``z_median`` and ``z_sd`` (the
-    parent's median and robust SD of ``z``). With ``borrow: relative`` a borrowed
-    cut keeps its place relative to this sample's median and SD of ``z``
-    (:meth:`adapt`) instead of its gate-space value.
+    in gate space. Params: ``{"z": threshold}``.
     """
 
     n_dims = (2,)
@@ -755,23 +780,15 @@ class Projection(Method):
         self.params_ = {
             "z": mindensity_threshold(
                 z, search_range(z, p.get("range")), adjust=float(p.get("adjust", 1.0))
-            ),
-            **_location(z),
+            )
         }
         return self
 
-    def adapt(self, params: dict, X: np.ndarray) -> dict:
-        """A borrowed cut moved onto this sample's own scale (``borrow: relative``).
-
-        The cut keeps its distance from the parent's median of ``z`` in units of the
-        parent's robust SD: staining that is brighter or dimmer in this file (a
-        shift and stretch in gate space) moves the borrowed cut with it.
-        """
-        if not {"z_median", "z_sd"} <= set(params) or params["z_sd"] <= 0 or len(X) < 20:
-            return params
-        here = _location(X @ self._weights())
-        rel = (params["z"] - params["z_median"]) / params["z_sd"]
-        return {**params, "z": here["z_median"] + rel * here["z_sd"], **here}
+    def check_borrowed(self, params: dict, X: np.ndarray) -> list[str]:
+        """Review reasons for a borrowed cut (see :meth:`ThresholdMethod.check_borrowed`)."""
+        if "z" in params and _density_share(X @ self._weights(), float(params["z"])) > 0.5:
+            return ["borrowed_cut_in_a_peak(z)"]
+        return []
 
     def realise(self, params, dims):
         w = self._weights()
@@ -788,21 +805,6 @@ class Projection(Method):
 
     def thresholds(self, params):
         return {"z": params["z"]}
-
-    @classmethod
-    def check_params(cls, params):
-        if params.get("borrow", "absolute") not in ("absolute", "relative"):
-            return "borrow", f"{params['borrow']!r} is not absolute or relative"
-        return None
-
-
-def _location(z: np.ndarray) -> dict[str, float]:
-    """Median and robust SD (IQR / 1.349) of ``z`` (gate space): ``z_median``, ``z_sd``."""
-    z = z[np.isfinite(z)]
-    if len(z) == 0:
-        return {}
-    q25, q50, q75 = np.percentile(z, [25, 50, 75])
-    return {"z_median": float(q50), "z_sd": float((q75 - q25) / 1.349)}
 
 
 class Singlets(Method):
@@ -1552,15 +1554,11 @@ def gate_one(
             fit = _fallback(spec, method, borrowed, "cohort_outlier")
         else:
             fit = _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, borrowed)
-        if (
-            fit.source in ("patient", "cohort")
-            and spec.params.get("borrow") == "relative"
-            and hasattr(method, "adapt")
-            and parent_n >= 20
-        ):
+        if fit.source in ("patient", "cohort") and fit.params and parent_n >= 20:
             rows = None if parent_mask is None else np.flatnonzero(parent_mask)
-            fit.params = method.adapt(fit.params, space.estimates(dims, rows))
-            fit.notes.append("borrowed_relative")
+            X = space.estimates(dims, rows)
+            if hasattr(method, "check_borrowed"):
+                fit.flags.extend(method.check_borrowed(fit.params, X))
         if fit.params is None:
             # No gate at all: the population is empty and flagged as a failure.
             gate = RectangleGate(

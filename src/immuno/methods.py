@@ -120,7 +120,8 @@ def _method_text(template, spec) -> str:
         shoulder = (
             "; a dimension with one peak and a shoulder is cut where the two components of a "
             "two-Gaussian fit (scikit-learn) are equally dense, when two components beat one "
-            "by 2 BIC and lie at least 1.5 SDs apart"
+            "by 10 BIC, lie at least 2 SDs apart and the lighter one is on the side the "
+            "gate rejects"
             if p.get("shoulder", True)
             else ""
         )
@@ -144,14 +145,7 @@ def _method_text(template, spec) -> str:
             f"length) over ({', '.join(dims)}), searched within {_range_text(p.get('range'))}, "
             f"bandwidth x {_fmt(float(p.get('adjust', 1.0)))}; keeps z "
             f"{'>=' if p.get('select', '+') == '+' else '<'} the threshold, realised as a "
-            "half-plane polygon"
-            + (
-                "; a borrowed cut keeps its distance from the sample's own median of z in "
-                "units of its robust SD"
-                if p.get("borrow") == "relative"
-                else ""
-            )
-            + f". Coordinates: {units}."
+            f"half-plane polygon. Coordinates: {units}."
         )
     if m == "mixture":
         pick = p.get("pick")

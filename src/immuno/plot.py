@@ -866,6 +866,8 @@ def cohort_qc_figure(params: pd.DataFrame, *, k: float = 4.0):
         ax.axhspan(med - k * mad, med + k * mad, color="#DDDDDD", zorder=0)
         ax.axhline(med, color="#555555", lw=0.8)
         out = d["qc_flag"].str.contains("cohort_outlier").to_numpy()
+        if "qc_note" in d:  # outliers replaced by a borrowed gate are noted, not flagged
+            out |= d["qc_note"].fillna("").astype(str).str.contains("cohort_outlier").to_numpy()
         ax.scatter(x[fitted & ~out], v[fitted & ~out], s=6, color="#0072B2", label="fitted")
         ax.scatter(
             x[~fitted],
