@@ -433,22 +433,42 @@ class ThresholdMethod(Method):
 
     ``params_`` is ``{dim_name: threshold}`` in gate space; ``select`` picks the
     side per dimension: ``+`` keeps ``x >= threshold``, ``-`` keeps ``x < threshold``.
+    ``within: {dim: other}`` fits ``dim``'s threshold only on the events on the kept
+    side of ``other``'s (as a cytometrist gates IgD on CD27- B cells: the IgD cut that
+    matters for IgD+ CD27- lies between naive and double-negative B cells, not between
+    naive and IgD+ memory B cells).
     """
 
     def threshold_1d(self, x: np.ndarray, dim: str) -> float:
         raise NotImplementedError
 
+    def _within(self) -> dict[str, str]:
+        w = self.spec.params.get("within") or {}
+        return {str(k): str(v) for k, v in w.items()}
+
+    def _kept(self, X: np.ndarray, dim: str, params: dict) -> np.ndarray:
+        """Rows of ``X`` on which ``dim``'s threshold is fitted (all, or ``within``)."""
+        other = self._within().get(dim)
+        if other is None or other not in params:
+            return X[:, self.spec.dims.index(dim)]
+        k = self.spec.dims.index(other)
+        side = _sides(self.spec)[k]
+        rows = X[:, k] >= params[other] if side == "+" else X[:, k] < params[other]
+        return X[rows, self.spec.dims.index(dim)]
+
     def fit(self, X, cache=None):
         self.params_ = {}
         self.notes_, self.review_ = [], []
-        for j, dim in enumerate(self.spec.dims):
+        within = self._within()
+        order = sorted(self.spec.dims, key=lambda d: d in within)
+        for dim in order:
             key = (self.spec.parent, dim, self.spec.method, json.dumps(self._dim_params(dim)))
             if cache is not None and key in cache:
                 self.params_[dim], notes = cache[key]
                 self.notes_.extend(notes)
                 continue
             before = len(self.notes_)
-            t = self.threshold_1d(X[:, j], dim)
+            t = self.threshold_1d(self._kept(X, dim, self.params_), dim)
             self.params_[dim] = t
             if cache is not None:
                 cache[key] = (t, self.notes_[before:])
@@ -462,16 +482,23 @@ class ThresholdMethod(Method):
         runs through a population (``borrowed_cut_in_a_peak(dim)``).
         """
         out = []
-        for j, dim in enumerate(self.spec.dims):
-            if dim in params and _density_share(X[:, j], float(params[dim])) > 0.5:
+        for dim in self.spec.dims:
+            x = self._kept(X, dim, params)
+            if dim in params and _density_share(x, float(params[dim])) > 0.5:
                 out.append(f"borrowed_cut_in_a_peak({dim})")
         return out
 
     def _dim_params(self, dim: str) -> dict:
         p = self.spec.params
-        return {
-            k: (v.get(dim) if isinstance(v, dict) else v) for k, v in p.items() if k != "select"
+        out = {
+            k: (v.get(dim) if isinstance(v, dict) and k != "range" else v)
+            for k, v in p.items()
+            if k != "select"
         }
+        rng = p.get("range")
+        if isinstance(rng, dict) and dim in rng:
+            out["range"] = rng[dim]
+        return out
 
     def realise(self, params, dims):
         sides = _sides(self.spec)

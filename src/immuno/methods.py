@@ -125,11 +125,15 @@ def _method_text(template, spec) -> str:
             if p.get("shoulder", True)
             else ""
         )
+        within = "".join(
+            f"; {d} fitted on the events on the kept side of the {o} cut"
+            for d, o in (p.get("within") or {}).items()
+        )
         return (
             f"the {which} valley between two neighbouring peaks of the parent's density "
             "(Gaussian-smoothed 512-bin histogram, Silverman bandwidth x "
             f"{_fmt(float(p.get('adjust') or 1.0))}; peaks under 2% of the highest ignored)"
-            f"{where}, per dimension{shoulder}; keeps {sides}. Coordinates: {units}."
+            f"{where}, per dimension{shoulder}{within}; keeps {sides}. Coordinates: {units}."
         )
     if m == "tailcut":
         return (
