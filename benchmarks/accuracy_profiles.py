@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     rows = []
     for name in ("cd3", "cd4", "cd8", "cd19", "naive_b", "treg"):
         rows.append(
-            [f"p90 |err| {name} (pp, limit {P90_LIMITS[name]})"]
+            [f"p90 abs error {name} (pp; issue floor {P90_LIMITS[name]})"]
             + [f"{table[p]['p90_abs_err'].get(name, float('nan')):.2f}" for p in table]
         )
     rows += [
