@@ -112,6 +112,7 @@ def mindensity_threshold(
     adjust: float = 1.0,
     min_peak: float = 0.02,
     valley: str = "deepest",
+    max_valley: float | None = None,
 ) -> float:
     """Threshold at the deepest density valley between two neighbouring peaks.
 
@@ -120,7 +121,9 @@ def mindensity_threshold(
     (gate-space units) is a candidate, and the one whose lower flanking peak
     stands highest above the valley floor wins (``valley="deepest"``), or the
     lowest candidate (``valley="first"``: e.g. the first valley above the debris).
-    Peaks lower than ``min_peak`` times the highest are ignored. Raises
+    Peaks lower than ``min_peak`` times the highest are ignored; with
+    ``max_valley``, a valley whose floor is above that fraction of its lower flanking
+    peak is a ripple, not a separation, and is no candidate. Raises
     :class:`FitFailure` when there is no such valley.
     """
     x = x[np.isfinite(x)]
@@ -134,16 +137,22 @@ def mindensity_threshold(
         raise FitFailure("one peak only")
     s_lo, s_hi = search if search is not None else (-np.inf, np.inf)
     best = None
+    ripples = 0
     for a, b in zip(peaks[:-1], peaks[1:], strict=True):
         v = a + int(np.argmin(dens[a : b + 1]))
         if not (s_lo <= grid[v] <= s_hi):
             continue
         depth = min(dens[a], dens[b]) - dens[v]
+        if max_valley is not None and dens[v] > max_valley * min(dens[a], dens[b]):
+            ripples += 1
+            continue
         if best is None or depth > best[0]:
             best = (depth, v)
         if valley == "first":
             break
     if best is None:
+        if ripples:
+            raise FitFailure("one peak only, shallow valleys only")
         raise FitFailure("no valley in the search range")
     return float(grid[best[1]])
 
@@ -516,7 +525,8 @@ class MinDensity(ThresholdMethod):
 
     Params: ``range`` (search range per dimension: ``[lo, hi]`` in gate space or
     ``{quantile: [a, b]}`` of the parent's events, see :func:`search_range`;
-    default everywhere), ``adjust`` (bandwidth multiplier), ``shoulder`` (default
+    default everywhere), ``max_valley`` (0.8: shallower valleys are ripples, see
+    :func:`mindensity_threshold`), ``adjust`` (bandwidth multiplier), ``shoulder`` (default
     true: a dimension with one peak and a shoulder is cut by
     :func:`shoulder_threshold`, noted ``shoulder_cut``), ``select``.
     """
@@ -526,7 +536,11 @@ class MinDensity(ThresholdMethod):
         rng = search_range(x, p.get("range"))
         try:
             return mindensity_threshold(
-                x, rng, adjust=float(p.get("adjust") or 1.0), valley=p.get("valley", "deepest")
+                x,
+                rng,
+                adjust=float(p.get("adjust") or 1.0),
+                valley=p.get("valley", "deepest"),
+                max_valley=float(p.get("max_valley", 0.8)),
             )
         except FitFailure as exc:
             if "one peak" not in str(exc) or not p.get("shoulder", True):

@@ -132,7 +132,9 @@ def _method_text(template, spec) -> str:
         return (
             f"the {which} valley between two neighbouring peaks of the parent's density "
             "(Gaussian-smoothed 512-bin histogram, Silverman bandwidth x "
-            f"{_fmt(float(p.get('adjust') or 1.0))}; peaks under 2% of the highest ignored)"
+            f"{_fmt(float(p.get('adjust') or 1.0))}; peaks under 2% of the highest ignored, and "
+            f"valleys whose floor is above {_fmt(float(p.get('max_valley', 0.8)))} of the "
+            "lower flanking peak, ripples rather than separations)"
             f"{where}, per dimension{shoulder}{within}; keeps {sides}. Coordinates: {units}."
         )
     if m == "tailcut":
