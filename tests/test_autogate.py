@@ -429,3 +429,16 @@ def test_fitting_on_fast_estimates_matches_fitting_on_exact_values(
         assert (np.abs(a["count"] - b["count"]) <= slack).all(), r["sample_id"]
         compared += 1
     assert compared >= 10 and len(fitted_fast) >= 8 * compared
+
+
+def test_time_gate_without_a_second_channel_keeps_one_range_and_says_what_it_removed():
+    rng = np.random.default_rng(8)
+    t = np.sort(rng.uniform(0, 1000, 20000))
+    t = np.sort(np.r_[t, rng.uniform(600, 620, 3000)])
+    g = TimeGate(_spec("time", ["Time"])).fit(t[:, None])  # no partner: no polygon possible
+    gate = g.realise(g.params_, (Dimension("Time"),))
+    kept = gate.contains(t[:, None])
+    assert len(g.params_["intervals"]) == 1
+    assert g.params_["removed"] == pytest.approx(1 - kept.mean())
+    assert "time_single_range(no_scatter_channel)" in g.notes_
+    assert g.review_ and g.review_[0].startswith("time_removed")

@@ -942,6 +942,12 @@ class TimeGate(Method):
         if not keep:
             raise FitFailure("no steady stretch of acquisition")
         removed = float(qc.removed_fraction)
+        if len(keep) > 1 and self.partner is None:
+            # No second channel to draw the OR of time ranges on: keep the fullest stretch.
+            n_in = [int(((t >= lo) & (t < hi)).sum()) for lo, hi in keep]
+            keep = [keep[int(np.argmax(n_in))]]
+            removed = 1.0 - max(n_in) / len(t)
+            self.notes_.append("time_single_range(no_scatter_channel)")
         if removed > 0:
             msg = f"time_removed({100 * removed:.1f}%)"
             if removed > float(p.get("review_above", 0.10)):
