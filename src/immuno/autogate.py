@@ -1888,6 +1888,8 @@ def cohort_outliers(
     found: set[tuple[int, str]] = set()
     for spec in template.populations:
         method = spec.estimator()
+        if not method.borrowable:
+            continue  # e.g. a time gate: each acquisition has its own, nothing to compare
         vals: dict[str, list[tuple[int, float, float]]] = {}
         for i, r in enumerate(results):
             fit = r.fits.get(spec.name)
