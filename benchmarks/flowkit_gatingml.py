@@ -18,26 +18,15 @@ import argparse
 import sys
 import time
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
 
 
-def gate_ids(xml: Path) -> dict[str, str]:
-    """``{population name: Gating-ML gate id}`` from the ``immuno:name`` custom info."""
-    from immuno.gatingml import GATING_NS, IMMUNO_NS
-
-    out = {}
-    for el in ET.parse(xml).getroot():
-        name = el.find(f".//{{{IMMUNO_NS}}}name")
-        if name is not None:
-            out[name.text] = el.get(f"{{{GATING_NS}}}id")
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     import flowkit as fk
+
+    from immuno.gatingml import population_ids
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
@@ -65,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = counts[counts["sample_id"] == sid].set_index("population")["count"]
         row = tally[sid in cut]
         row[0] += 1
-        for name, gid in gate_ids(xml).items():
+        for name, gid in population_ids(xml).items():
             row[1] += 1
             if res.get_gate_count(gid) != int(ours[name]):
                 row[2] += 1

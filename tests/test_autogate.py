@@ -201,7 +201,7 @@ def test_time_gate_removes_only_the_clog_and_keeps_both_sides():
     # 13% of the events removed: more than 10%, so the file needs review.
     assert g.review_ and g.review_[0].startswith("time_removed")
     # The polygon holds exactly the kept intervals, edges between event times.
-    assert np.array_equal(kept, g.params_ and _in_intervals(t, g.params_["intervals"]))
+    assert np.array_equal(kept, _in_intervals(t, g.params_["intervals"]))
     # A steady acquisition keeps everything and leaves both ends open.
     steady_t = np.sort(rng.uniform(0, 1000, 20000))[:, None]
     g2 = TimeGate(_spec("time", ["Time"])).fit(steady_t)

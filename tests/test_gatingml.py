@@ -9,7 +9,6 @@ import re
 import sys
 import time
 import warnings
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ from immuno.gate import (
 )
 from immuno.gatingml import (
     GATING_NS,
-    IMMUNO_NS,
     apply_gates_to_file,
     load_gatingml,
+    population_ids,
     write_gatingml,
     xml_ids,
 )
@@ -263,16 +262,6 @@ def test_xml_ids_are_valid_unique_and_deterministic():
     assert ids == xml_ids(names)
 
 
-def _written_ids(path) -> dict[str, str]:
-    """Population name -> gating:id, from the ``immuno:name`` custom_info."""
-    out = {}
-    for el in ET.parse(path).getroot():
-        nm = el.find(f".//{{{IMMUNO_NS}}}name")
-        if nm is not None:
-            out[nm.text] = el.get(f"{{{GATING_NS}}}id")
-    return out
-
-
 def data_driven_strategy(fcs) -> GatingStrategy:
     """What a realised data-driven strategy looks like: FCS compensation, logicle,
     a scatter polygon, ranges, rectangles, an ellipse, a logicle polygon and
@@ -337,7 +326,7 @@ def test_export_is_read_and_gated_identically_by_flowkit(rel, shared_data, share
     ours = s.apply(fcs)
     path = tmp_path / "strategy.xml"
     write_gatingml(s, path)
-    ids = _written_ids(path)
+    ids = population_ids(path)
     assert set(ids) == set(s.gates) and all(NCNAME.match(i) for i in ids.values())
     gs = fk.parse_gating_xml(str(path))
     with warnings.catch_warnings():

@@ -125,6 +125,8 @@ def test_exported_gates_reproduce_counts_in_flowkit(demo_run):
     """Every number is auditable outside the pipeline: FlowKit applies our Gating-ML."""
     import flowkit as fk
 
+    from immuno.gatingml import population_ids
+
     work, _ = demo_run
     counts = _read(work / "results" / "counts.tsv")
     # Every sample whose time gate cut a clog out (a polygon on Time x FSC-A holding the
@@ -141,24 +143,10 @@ def test_exported_gates_reproduce_counts_in_flowkit(demo_run):
         session.analyze_samples(sample_id=sample.id, use_mp=False)
         res = session.get_gating_results(sample.id)
         ours = counts[counts.sample_id == sid].set_index("population")["count"]
-        ids = _gate_ids(xml)
+        ids = population_ids(xml)
         assert set(ids) == set(ours.index)
         for name, gid in ids.items():
             assert res.get_gate_count(gid) == int(ours[name]), (sid, name)
-
-
-def _gate_ids(xml: Path) -> dict[str, str]:
-    """``{population name: Gating-ML gate id}``, from the ``immuno:name`` custom info."""
-    import xml.etree.ElementTree as ET
-
-    from immuno.gatingml import GATING_NS, IMMUNO_NS
-
-    out = {}
-    for el in ET.parse(xml).getroot():
-        name = el.find(f".//{{{IMMUNO_NS}}}name")
-        if name is not None:
-            out[name.text] = el.get(f"{{{GATING_NS}}}id")
-    return out
 
 
 def test_stats_show_the_treg_and_naive_b_rises(demo_run):

@@ -95,6 +95,13 @@ def _density(x: np.ndarray, lo: float, hi: float, bins: int = 512, adjust: float
     return grid, dens / total if total > 0 else dens
 
 
+def _parent_density(x: np.ndarray, adjust: float = 1.0):
+    """:func:`_density` over the 0.1-99.9th percentiles of finite ``x``, padded by 10%."""
+    lo, hi = np.percentile(x, [0.1, 99.9])
+    pad = 0.1 * (hi - lo + 1e-9)
+    return _density(x, lo - pad, hi + pad, adjust=adjust)
+
+
 def _peaks(dens: np.ndarray, min_height: float) -> list[int]:
     """Indices of local maxima at least ``min_height`` times the highest."""
     top = dens.max()
@@ -129,9 +136,7 @@ def mindensity_threshold(
     x = x[np.isfinite(x)]
     if len(x) < 20:
         raise FitFailure("fewer than 20 events")
-    lo, hi = np.percentile(x, [0.1, 99.9])
-    pad = 0.1 * (hi - lo + 1e-9)
-    grid, dens = _density(x, lo - pad, hi + pad, adjust=adjust)
+    grid, dens = _parent_density(x, adjust)
     peaks = _peaks(dens, min_peak)
     if len(peaks) < 2:
         raise FitFailure("one peak only")
@@ -219,8 +224,7 @@ def _density_share(x: np.ndarray, t: float) -> float:
     lo, hi = np.percentile(x, [0.1, 99.9])
     if not lo <= t <= hi:
         return 0.0
-    pad = 0.1 * (hi - lo + 1e-9)
-    grid, dens = _density(x, lo - pad, hi + pad)
+    grid, dens = _parent_density(x)
     top = float(dens.max())
     return float(np.interp(t, grid, dens) / top) if top > 0 else 0.0
 
@@ -361,12 +365,9 @@ def _posterior_radii(weights, means, covs, members, mean, cov, d2: float, n: int
     (lymphocytes among monocytes) does not take the large one's tail. Returned as
     fractions of ``sqrt(d2)`` (1: the ellipse itself).
     """
-    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
-    order = np.argsort(vals)[::-1]
-    axes = vecs[:, order] * np.sqrt(np.maximum(vals[order], 1e-300))
+    axes = _principal_axes(cov)
     steps = np.linspace(0.0, math.sqrt(d2), 161)[1:]
-    t = 2.0 * np.pi * np.arange(n) / n
-    unit = np.column_stack([np.cos(t), np.sin(t)])
+    unit = _unit_circle(n)
     pts = mean + (unit[:, None, :] * steps[None, :, None]) @ axes.T  # (n, steps, 2)
     flat = pts.reshape(-1, 2)
     inside = np.zeros(len(flat))
@@ -562,6 +563,24 @@ class TailCut(ThresholdMethod):
         return tail_threshold(x, k=float(p.get("k") or 3.0))
 
 
+def _principal_axes(cov) -> np.ndarray:
+    """Columns: the principal semi-axes of ``cov`` (1 SD each), the major one first."""
+    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
+    if not np.all(vals > 0):
+        raise GatingError(
+            f"the ellipse covariance {np.asarray(cov).tolist()} is not positive definite",
+            hint="check the population's default or borrowed cov_xx, cov_xy, cov_yy",
+        )
+    order = np.argsort(vals)[::-1]
+    return vecs[:, order] * np.sqrt(vals[order])
+
+
+def _unit_circle(n: int) -> np.ndarray:
+    """``n`` points equally spaced in angle on the unit circle, from angle 0: ``(n, 2)``."""
+    t = 2.0 * np.pi * np.arange(n) / n
+    return np.column_stack([np.cos(t), np.sin(t)])
+
+
 def ellipse_vertices(
     mean, cov, distance_square: float, n: int = 128, *, radii: np.ndarray | None = None
 ) -> np.ndarray:
@@ -573,16 +592,8 @@ def ellipse_vertices(
     (``n`` fractions, one per angle), vertex ``i`` lies at Mahalanobis distance
     ``radii[i] * sqrt(distance_square)`` instead: a star-shaped polygon.
     """
-    vals, vecs = np.linalg.eigh(np.asarray(cov, dtype=np.float64))
-    if not np.all(vals > 0):
-        raise GatingError(
-            f"the ellipse covariance {np.asarray(cov).tolist()} is not positive definite",
-            hint="check the population's default or borrowed cov_xx, cov_xy, cov_yy",
-        )
-    order = np.argsort(vals)[::-1]
-    axes = vecs[:, order] * np.sqrt(vals[order] * float(distance_square))
-    t = 2.0 * np.pi * np.arange(n) / n
-    unit = np.column_stack([np.cos(t), np.sin(t)])
+    axes = _principal_axes(cov) * math.sqrt(float(distance_square))
+    unit = _unit_circle(n)
     if radii is not None:
         unit = unit * np.asarray(radii, dtype=np.float64)[:, None]
     return np.asarray(mean, dtype=np.float64) + unit @ axes.T
@@ -611,12 +622,11 @@ class MixtureCluster(Method):
       above ``merge`` times its value at the lower end), and no more than 4 times
       its area, are one population split by the mixture; they are merged
       (moment-matched) before the gate is drawn.
-    - ``coverage`` (default 0.99): the realised ellipse holds this fraction of the
-      chosen cluster's Gaussian, but never reaches the centre of another heavy
-      component: its squared Mahalanobis radius is capped at ``neighbour`` (0.8)
-      times that of the nearest other centre. When the cap leaves less than
-      ``min_coverage`` (0.9) the fit is kept and flagged ``crowded_cluster`` for
-      review.
+    - ``coverage`` (default 0.99): the realised gate lies on the ellipse holding this
+      fraction of the chosen cluster's Gaussian, each vertex pulled in to where the
+      cluster stops being the likelier source of an event (:func:`_posterior_radii`).
+      When that leaves less than ``min_coverage`` (0.9) of the cluster, the fit is
+      kept and flagged ``crowded_cluster`` for review.
     - ``max_events`` (subsample for fitting, default 4000), ``random_state``,
       ``n_init`` (starts per fit, default 2), ``shape`` (``polygon``, the default,
       or ``ellipse``) and ``vertices`` (128).
@@ -1443,6 +1453,11 @@ def _median_params(items: Sequence[dict]) -> dict | None:
     return out
 
 
+def _share(mask: np.ndarray, parent_n: int) -> float:
+    """Percent of the parent's ``parent_n`` events in ``mask`` (NaN for an empty parent)."""
+    return 100.0 * mask.sum() / parent_n if parent_n else math.nan
+
+
 def _check_guard(spec: PopulationSpec, method: Method, params: dict, freq: float | None):
     flags = []
     th = method.thresholds(params)
@@ -1616,7 +1631,7 @@ def gate_one(
         strategy.add_gate(gate)
         masks[spec.name] = strategy.evaluate(gate, space, masks)
         if fit.params is not None:
-            freq = 100.0 * masks[spec.name].sum() / parent_n if parent_n else float("nan")
+            freq = _share(masks[spec.name], parent_n)
             guard_flags = _check_guard(spec, method, fit.params, freq)
             if guard_flags and fit.source == "fit" and spec.fallback and method.borrowable:
                 # An implausible frequency: replace the fit by the fallback chain.
@@ -1625,8 +1640,9 @@ def gate_one(
                     del strategy.gates[spec.name]
                     gate = strategy.add_gate(method.realise(alt.params, dims))
                     masks[spec.name] = strategy.evaluate(gate, space, masks)
-                    freq = 100.0 * masks[spec.name].sum() / parent_n if parent_n else math.nan
-                    alt.flags.extend(_check_guard(spec, method, alt.params, freq))
+                    alt.flags.extend(
+                        _check_guard(spec, method, alt.params, _share(masks[spec.name], parent_n))
+                    )
                     fit = alt
                 else:
                     fit.flags.extend(
@@ -1845,17 +1861,14 @@ def _warn_scale(results: list[SampleGating], template: Template) -> None:
                 seen.setdefault(note, []).append(r.sample_id)
     for note, ids in sorted(seen.items()):
         log.warning(
-            "panel %s: %d of %d files %s (e.g. %s): the channel's $PnR is far below the top "
-            "of the template's transform, so the values look already transformed or "
-            "rescaled; see qc_note and the methods text",
+            "panel %s: %d of %d files noted %s (e.g. %s): a channel's $PnR is far below the "
+            "top of the template's transform, so its values look already transformed or "
+            "rescaled; it is gated on a linear scale and, if fluorescence, not compensated "
+            "again (qc_note, methods text)",
             template.name,
             len(ids),
             len(results),
-            "gated "
-            + note.replace("linear_scale(", "on a linear scale (").replace(
-                "not_compensated(already_transformed)",
-                "not compensated again (already transformed)",
-            ),
+            note,
             ids[0],
         )
 

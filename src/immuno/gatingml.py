@@ -290,6 +290,18 @@ def _custom_name(el: ET.Element) -> str | None:
     return None
 
 
+def population_ids(path: str | os.PathLike) -> dict[str, str]:
+    """``{population name: gating:id}`` of a Gating-ML file written by :func:`write_gatingml`
+    (the name kept in each gate's ``<immuno:name>`` custom info; ids are sanitised)."""
+    out = {}
+    for el in parse_xml(path):
+        name = _custom_name(el)
+        gid = _attr(el, "id")
+        if name is not None and gid:
+            out[name] = gid
+    return out
+
+
 def _time_in_seconds(root: ET.Element) -> bool:
     """Whether the file's top-level ``custom_info`` says Time is stored x ``$TIMESTEP``."""
     for ci in root:
