@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,24 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_profile(cohort: Path, workers: int) -> tuple[pd.DataFrame, float]:
-    from immuno.accuracy import score_cohort
-    from immuno.autogate import SampleInput, gate_samples, load_template
-    from immuno.cohort import load_sample_sheet
+    from immuno.accuracy import gate_cohort, score_cohort
 
-    sheet = load_sample_sheet(cohort / "samples.tsv", ["T", "B"])
-    results, t0 = [], time.perf_counter()
-    for panel, name in (("T", "t_cell.yaml"), ("B", "b_cell.yaml")):
-        template = load_template(ROOT / "gates" / name)
-        sub = sheet[sheet["panel"] == panel]
-        inputs = [
-            SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
-            for r in sub.itertuples()
-        ]
-        for res in gate_samples(inputs, template, workers=workers):
-            if res.error:
-                print("FAILED", res.sample_id, res.error, file=sys.stderr)
-            results.append(res)
-    elapsed = time.perf_counter() - t0
+    results, sheet, elapsed = gate_cohort(cohort, ROOT / "gates", workers=workers)
+    for res in results:
+        if res.error:
+            print("FAILED", res.sample_id, res.error, file=sys.stderr)
     return score_cohort(cohort, results, sheet), elapsed
 
 

@@ -21,9 +21,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from immuno.accuracy import score_cohort, summarise
-from immuno.autogate import SampleInput, gate_samples, load_template
-from immuno.cohort import load_sample_sheet
+from immuno.accuracy import (
+    by_cell_type,
+    gate_cohort,
+    score_cohort,
+    summarise,
+    summarise_by_cell_type,
+)
 from immuno.simulate import simulate_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,28 +37,48 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def scored(tmp_path_factory):
+def gated(tmp_path_factory):
+    """``gated(profile) -> (cohort, results, sheet)``: each profile simulated and gated once."""
+    cache: dict[str, tuple] = {}
+
+    def get(profile: str):
+        if profile not in cache:
+            cohort = tmp_path_factory.mktemp(f"accuracy_{profile}")
+            simulate_cohort(cohort, seed=2, events=8000, profile=profile, patients=8)
+            results, sheet, _ = gate_cohort(cohort, ROOT / "gates", workers=2)
+            for res in results:
+                assert res.error is None, res.error
+            cache[profile] = (cohort, results, sheet)
+        return cache[profile]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def scored(gated):
     cache: dict[str, pd.DataFrame] = {}
 
     def get(profile: str) -> pd.DataFrame:
         if profile not in cache:
-            cohort = tmp_path_factory.mktemp(f"accuracy_{profile}")
-            simulate_cohort(cohort, seed=2, events=8000, profile=profile, patients=8)
-            sheet = load_sample_sheet(cohort / "samples.tsv", ["T", "B"])
-            results = []
-            for panel, name in (("T", "t_cell.yaml"), ("B", "b_cell.yaml")):
-                sub = sheet[sheet["panel"] == panel]
-                inputs = [
-                    SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
-                    for r in sub.itertuples()
-                ]
-                for res in gate_samples(inputs, load_template(ROOT / "gates" / name), workers=2):
-                    assert res.error is None, res.error
-                    results.append(res)
-            cache[profile] = score_cohort(cohort, results, sheet)
+            cache[profile] = score_cohort(*gated(profile))
         return cache[profile]
 
     return get
+
+
+def test_cell_type_breakdown_adds_up_to_the_scored_counts(gated, scored):
+    cohort, results, _ = gated("fortessa")
+    table = by_cell_type(cohort, results, ("lymphocytes",))
+    rows = scored("fortessa").query("population == 'lymphocytes'").set_index("sample_id")
+    per_file = table.groupby("sample_id")[["n_true", "n_gated"]].sum()
+    # Every true lymphocyte and every gated event belongs to exactly one cell type.
+    assert (per_file["n_true"] == rows.loc[per_file.index, "true_count"]).all()
+    assert (per_file["n_gated"] == rows.loc[per_file.index, "count"]).all()
+    pooled = summarise_by_cell_type(table).set_index("cell_type")
+    assert not pooled["member"].get("monocyte", False)
+    assert pooled["share_of_gate"].get("monocyte", 0.0) < 0.02
+    assert pooled.loc["t_cd4_conv", "kept"] > 0.95
+    assert pooled["share_of_gate"].sum() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
