@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/accuracy_breakdown.py [--profiles fortessa,canto_export,log1024]
-        [--populations lymphocytes,naive_b] [--seed 1] [--events 20000] [--patients 23]
+        [--populations live,lymphocytes,naive_b] [--seed 1] [--events 20000] [--patients 23]
         [--workers 2] [--root /tmp/immuno_profiles] [--out benchmarks/out/accuracy_breakdown]
 
 Gates the same cohorts as ``benchmarks/accuracy_profiles.py`` (simulated unless ROOT holds them)
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default="fortessa,canto_export,log1024")
-    ap.add_argument("--populations", default="lymphocytes,naive_b")
+    ap.add_argument("--populations", default="live,lymphocytes,naive_b")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--patients", type=int, default=23)
