@@ -211,6 +211,22 @@ def test_unparseable_sheet(tmp_path, content):
     assert exc.file == str(sheet)
 
 
+def test_a_quote_that_joins_two_rows_is_an_error_not_a_lost_sample(tmp_path):
+    # '"S2' opens a quoted field that runs to the next '"': pandas reads S2 and S3 as one row.
+    rows = _with(_with(GOOD_ROWS, 1, "sample_id", '"S2'), 2, "fcs_path", 'fcs/S3.fcs"')
+    exc = _sheet_error(_write_sheet(tmp_path, rows, touch=False))
+    assert "3 sample lines but 2 rows parsed" in exc.message
+    assert "line 3 holds a double quote" in exc.message
+    assert exc.sample == '"S2'
+    assert "quote" in exc.hint
+
+
+def test_a_whole_field_in_quotes_is_read_as_its_text(tmp_path):
+    df = load_sample_sheet(_write_sheet(tmp_path, _with(GOOD_ROWS, 1, "dose_group", '"30 mg"')))
+    assert list(df["sample_id"]) == ["S1", "S2", "S3"]
+    assert df["dose_group"].iloc[1] == "30 mg"
+
+
 def test_sheet_without_rows(tmp_path):
     exc = _sheet_error(_write_sheet(tmp_path, [], header=HEADER))
     assert "no samples" in exc.message

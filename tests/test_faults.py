@@ -114,3 +114,28 @@ def test_bad_files_do_not_cost_the_others_their_results(tmp_path, cohort):
     assert all(reasons["error"].str.endswith("Error"))
     after = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in before}
     assert before == after
+
+
+def test_ids_that_look_like_numbers_keep_their_results(tmp_path, cohort):
+    """Trial ids such as 0001 and 007 stay text in every table the workflow writes and reads
+    back: every sample gets counts, a review figure and its place in the paired tests."""
+    work = tmp_path / "numeric_ids"
+    work.mkdir()
+    cmd = _setup(work, cohort)
+    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    sheet = sheet[sheet["visit_month"].isin(["0", "4.5"])].copy()
+    sheet["sample_id"] = [f"{i:04d}" for i in range(1, len(sheet) + 1)]
+    sheet["patient_id"] = sheet["patient_id"].str.replace("P", "0")  # P01 -> 001
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = work / "results"
+    failed = pd.read_csv(results / "failed_samples.tsv", sep="\t", dtype=str)
+    assert failed.empty, failed.to_dict("records")
+    counts = pd.read_csv(results / "counts.tsv", sep="\t", dtype=str)
+    assert set(counts["sample_id"]) == set(sheet["sample_id"])
+    assert set(counts["patient_id"]) == {"001", "002", "003"}
+    assert {p.stem for p in (results / "review").glob("*.png")} == set(sheet["sample_id"])
+    paired = pd.read_csv(results / "stats" / "paired_pooled.tsv", sep="\t")
+    assert (paired["n_pairs"] == 3).all(), paired[["population", "n_pairs"]]

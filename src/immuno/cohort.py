@@ -49,6 +49,24 @@ FAILED_COLUMNS = [
 ]
 
 
+def _check_row_count(path: Path, parsed: int) -> None:
+    """Every non-blank line below the header is one sample: a double quote that opens a
+    quoted field across tabs or lines would join rows (or split one) without a word."""
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    rows = [i for i, line in enumerate(lines[1:], start=2) if line.strip()]
+    if len(rows) == parsed:
+        return
+    quoted = next((i for i in rows if '"' in lines[i - 1]), None)
+    where = f"; line {quoted} holds a double quote" if quoted else ""
+    raise SampleSheetError(
+        f"{len(rows)} sample lines but {parsed} rows parsed{where}",
+        file=str(path),
+        sample=lines[quoted - 1].split("\t", 1)[0] if quoted else None,
+        hint='a " opens a quoted field that runs over tabs and lines: remove it, or quote '
+        'the whole field and double every " inside it',
+    )
+
+
 def load_sample_sheet(
     path: str | Path, panels: list[str] | None = None, *, check_files: bool = True
 ) -> pd.DataFrame:
@@ -93,6 +111,7 @@ def load_sample_sheet(
         raise SampleSheetError(
             f"cannot parse as TSV: {exc}", file=src, hint="a tab-separated table with a header"
         ) from None
+    _check_row_count(path, len(df))
     df.columns = [str(c).strip() for c in df.columns]
     df = df.fillna("")  # cells missing at the end of a short row
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]

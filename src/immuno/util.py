@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic output files, hashing."""
+"""Small shared helpers: atomic output files, reading our own tables back, hashing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,28 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_tsv", "sha256_file"]
+__all__ = ["TEXT_COLUMNS", "atomic_path", "read_tsv", "write_tsv", "sha256_file"]
+
+#: Columns of the tables the workflow writes that hold text whatever they look like: an id
+#: ``0001`` or ``1e3`` stays that string and ``NA`` stays ``NA`` (a patient or sample may be
+#: called that), so a table read back joins with the sample sheet (read as text) again.
+TEXT_COLUMNS = (
+    "sample_id",
+    "patient_id",
+    "dose_group",
+    "panel",
+    "fcs_path",
+    "population",
+    "parent",
+    "status",
+    "stage",
+    "error",
+    "field",
+    "message",
+    "hint",
+    "qc_flag",
+    "qc_note",
+)
 
 
 @contextlib.contextmanager
@@ -42,6 +63,20 @@ def write_tsv(df, path: str | os.PathLike, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, na_rep="", **kwargs)
     return Path(path)
+
+
+def read_tsv(path: str | os.PathLike, **kwargs):
+    """Read back a TSV the workflow wrote: :data:`TEXT_COLUMNS` as text, never coerced.
+
+    Other columns are parsed as pandas does (numbers stay numbers); no string is
+    taken for a missing value unless ``na_values`` names it. ``kwargs`` go to
+    :func:`pandas.read_csv`.
+    """
+    import pandas as pd
+
+    options = {"sep": "\t", "keep_default_na": False, "dtype": dict.fromkeys(TEXT_COLUMNS, str)}
+    options.update(kwargs)
+    return pd.read_csv(path, **options)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -2,16 +2,12 @@
 
 import logging
 
-import pandas as pd
-
 from immuno.cohort import load_sample_sheet
 from immuno.count import cohort_table
-from immuno.util import write_tsv
+from immuno.util import read_tsv, write_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
-gating = pd.read_csv(
-    snakemake.input.gating, sep="\t", keep_default_na=False, na_values={"percent_of_parent": [""]}
-)
+gating = read_tsv(snakemake.input.gating, na_values={"percent_of_parent": [""]})
 sheet = load_sample_sheet(
     snakemake.input.sheet, list(snakemake.config["panels"]), check_files=False
 )

@@ -2,10 +2,9 @@
 
 import logging
 
-import pandas as pd
-
 from immuno.plot import cohort_qc_figure, save_figure
+from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
-params = pd.read_csv(snakemake.input[0], sep="\t", dtype={"sample_id": str})
+params = read_tsv(snakemake.input[0], na_values=[""])
 save_figure(cohort_qc_figure(params), snakemake.output[0], dpi=150)

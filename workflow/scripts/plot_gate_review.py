@@ -2,15 +2,12 @@
 
 import logging
 
-import pandas as pd
-
 from immuno.cohort import load_sample_sheet, review_cohort
+from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
 sheet = load_sample_sheet(snakemake.input.sheet, list(snakemake.config["panels"]))
-counts = pd.read_csv(
-    snakemake.input.counts, sep="\t", dtype={"sample_id": str}, keep_default_na=False
-)
+counts = read_tsv(snakemake.input.counts)
 missing = review_cohort(
     sheet, counts, snakemake.input.gates, snakemake.output[0], workers=snakemake.threads
 )

@@ -2,18 +2,17 @@
 
 import logging
 
-import pandas as pd
-
 from immuno.plot import reconstitution_figure, save_figure
 from immuno.test import keep_reviewed
+from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
 fig_cfg, stats_cfg = snakemake.params.figure, snakemake.params.statistics
-counts = pd.read_csv(snakemake.input.counts, sep="\t", keep_default_na=False, na_values=[""])
+counts = read_tsv(snakemake.input.counts, na_values=[""])
 counts["qc_flag"] = counts["qc_flag"].fillna("")
 if stats_cfg.get("include_review", False):
     counts = keep_reviewed(counts)
-pooled = pd.read_csv(snakemake.input.pooled, sep="\t")
+pooled = read_tsv(snakemake.input.pooled, na_values=[""])
 fig = reconstitution_figure(
     counts,
     populations=fig_cfg["absolute"],

@@ -3,13 +3,12 @@
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from immuno.test import write_stats
+from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
 cfg = snakemake.params.statistics
-counts = pd.read_csv(snakemake.input[0], sep="\t", keep_default_na=False, na_values=[""])
+counts = read_tsv(snakemake.input[0], na_values=[""])
 counts["qc_flag"] = counts["qc_flag"].fillna("")
 write_stats(
     counts,
