@@ -286,3 +286,25 @@ def test_gate_reviewer_reuses_figures_without_leftovers(demo_cohort, templates_d
     titles = [ax.get_title() for ax in again.axes if ax.get_visible()]
     assert len(titles) == sum(1 for g in b[1].gates.values() if g.dims)
     assert all(" of " in t and "%" in t for t in titles)
+
+
+def test_review_figure_of_a_file_with_nan_and_inf_events(demo_cohort, templates_dir, tmp_path):
+    """One damaged acquisition (NaN and infinite events) still gets its review figure, with
+    finite axes, instead of stopping every sample's figures."""
+    import dataclasses
+
+    from immuno.autogate import gate_one, load_template
+    from immuno.plot import gate_review_figure
+    from immuno.read import read_fcs
+
+    fcs = read_fcs(demo_cohort / "fcs" / "P01_m0_T.fcs")
+    events = np.array(fcs.events, dtype=np.float32)
+    events[:50] = np.nan
+    events[50:60, 1:4] = np.inf
+    fcs = dataclasses.replace(fcs, events=events)
+    res = gate_one(fcs, load_template(templates_dir / "t_cell.yaml"), sample_id="damaged")
+    fig = gate_review_figure(fcs, res.strategy, res.strategy.apply(fcs).masks, title="damaged")
+    save_figure(fig, tmp_path / "damaged.png", dpi=72)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == sum(1 for g in res.strategy.gates.values() if g.dims)
+    assert all(np.isfinite([*ax.get_xlim(), *ax.get_ylim()]).all() for ax in shown)

@@ -620,6 +620,9 @@ def _dim_label(dim, names: dict[str, str]) -> str:
 
 
 def _limits(v: np.ndarray) -> tuple[float, float]:
+    """Axis limits (units of ``v``) over the finite values: NaN or infinite events of one
+    file (a damaged acquisition) are left off its figure, not allowed to break it."""
+    v = v[np.isfinite(v)]
     lo, hi = np.percentile(v, [0.2, 99.8]) if len(v) else (0.0, 1.0)
     pad = 0.08 * (hi - lo if hi > lo else 1.0)
     return float(lo - pad), float(hi + pad)
