@@ -139,3 +139,20 @@ def test_ids_that_look_like_numbers_keep_their_results(tmp_path, cohort):
     assert {p.stem for p in (results / "review").glob("*.png")} == set(sheet["sample_id"])
     paired = pd.read_csv(results / "stats" / "paired_pooled.tsv", sep="\t")
     assert (paired["n_pairs"] == 3).all(), paired[["population", "n_pairs"]]
+
+
+def test_a_panel_name_that_leaves_the_results_folder_is_refused(tmp_path, cohort):
+    """Panel names become file names (results/exports/<panel>.h5ad): '../x' is refused by the
+    config schema before any job runs, and nothing is written beside the study folder."""
+    work = tmp_path / "study"
+    work.mkdir()
+    cmd = _setup(work, cohort)
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["panels"] = {"../escape_T" if k == "T" else k: v for k, v in cfg["panels"].items()}
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "'../escape_T' does not match" in done.stderr
+    assert "panels" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study"]
+    assert not (work / "results").exists()
