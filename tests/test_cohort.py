@@ -221,6 +221,16 @@ def test_a_quote_that_joins_two_rows_is_an_error_not_a_lost_sample(tmp_path):
     assert "quote" in exc.hint
 
 
+def test_a_sample_id_too_long_for_a_file_name_is_the_sheets_error(tmp_path):
+    long_id = "S" * 240
+    exc = _sheet_error(_write_sheet(tmp_path, _with(GOOD_ROWS, 2, "sample_id", long_id)))
+    assert "line 4" in exc.message and "200 bytes" in exc.message
+    assert exc.sample == long_id and exc.field == "sample_id"
+    ok = "é" * 100  # 200 bytes: the longest id allowed
+    df = load_sample_sheet(_write_sheet(tmp_path / "ok", _with(GOOD_ROWS, 2, "sample_id", ok)))
+    assert df["sample_id"].iloc[2] == ok
+
+
 def test_a_whole_field_in_quotes_is_read_as_its_text(tmp_path):
     df = load_sample_sheet(_write_sheet(tmp_path, _with(GOOD_ROWS, 1, "dose_group", '"30 mg"')))
     assert list(df["sample_id"]) == ["S1", "S2", "S3"]

@@ -49,6 +49,11 @@ FAILED_COLUMNS = [
 ]
 
 
+#: Longest sample id (UTF-8 bytes): it names output files, whose names may be at most 255
+#: bytes with the suffix and an atomic write's temporary prefix and suffix.
+MAX_ID_BYTES = 200
+
+
 def _check_row_count(path: Path, parsed: int) -> None:
     """Every non-blank line below the header is one sample: a double quote that opens a
     quoted field across tabs or lines would join rows (or split one) without a word."""
@@ -146,6 +151,15 @@ def load_sample_sheet(
         "sample_id",
         "sample_id {value!r} cannot name a file",
         "sample ids name output files (results/gates/<sample_id>.xml): no '/' or '\\'",
+    )
+    _first_bad(
+        df,
+        df["sample_id"].map(lambda v: len(v.encode("utf-8")) > MAX_ID_BYTES),
+        src,
+        "sample_id",
+        f"sample_id on line {{line}} is longer than {MAX_ID_BYTES} bytes",
+        "sample ids name output files (results/review/<sample_id>.png), and file names "
+        "are at most 255 bytes: use a shorter id",
     )
     visits = pd.to_numeric(df["visit_month"], errors="coerce")
     _first_bad(
