@@ -156,3 +156,25 @@ def test_a_panel_name_that_leaves_the_results_folder_is_refused(tmp_path, cohort
     assert "panels" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study"]
     assert not (work / "results").exists()
+
+
+def test_a_brace_in_an_fcs_path_is_named_not_a_wildcard_error(tmp_path, cohort):
+    """Snakemake reads { } in an input path as a wildcard: the run stops before any job with
+    the project's error naming the sample and the path, not a WildcardError."""
+    import shutil
+
+    work = tmp_path / "braces"
+    work.mkdir()
+    cmd = _setup(work, cohort)
+    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    odd = work / "run{1}"
+    odd.mkdir()
+    shutil.copy(sheet.loc[sheet.index[0], "fcs_path"], odd / "a.fcs")
+    sheet.loc[sheet.index[0], "fcs_path"] = str(odd / "a.fcs")
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    done = subprocess.run([*cmd, "-n"], capture_output=True, text=True)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "WildcardError" not in said
+    assert f"SampleSheetError: sample {sheet['sample_id'].iloc[0]}" in said
+    assert "run{1}" in said and "rename the folder or file" in said

@@ -7,6 +7,31 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 
+def _refuse_braces(sheet, df):
+    """Snakemake reads '{x}' in an input path as a wildcard and stops the whole run at
+    parse time; name the path instead (the sheet, a template or one sample's file)."""
+    from immuno.errors import SampleSheetError
+
+    hint = "Snakemake reads { } in a path as a wildcard: rename the folder or file"
+    paths = [
+        ("samples", str(sheet), None),
+        *(("panels", p, None) for p in config["panels"].values()),
+    ]
+    paths += [("fcs_path", p, sid) for sid, p in zip(df["sample_id"], df["fcs_path"])]
+    for field, path, sample in paths:
+        if "{" in path or "}" in path:
+            where = (
+                "the sample's FCS path" if sample else f"the config's '{field}' path"
+            )
+            raise SampleSheetError(
+                f"{where} {path!r} holds a brace",
+                file=str(sheet) if sample else None,
+                sample=sample,
+                field=field,
+                hint=hint,
+            )
+
+
 def _load_samples():
     """Read and validate the sample sheet; create the demo cohort if it is what is asked for."""
     from immuno.cohort import load_sample_sheet
@@ -26,6 +51,7 @@ def _load_samples():
         )
     try:
         df = load_sample_sheet(sheet, list(config["panels"]))
+        _refuse_braces(sheet, df)
     except ImmunoError as exc:
         raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
     validate(df, "../schemas/samples.schema.yaml")
