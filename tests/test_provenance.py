@@ -134,6 +134,20 @@ def test_missing_files_are_recorded_not_fatal(make_run):
     }
 
 
+def test_a_symlink_loop_or_a_folder_as_a_file_is_recorded_not_fatal(make_run):
+    config, sheet, templates, outputs = make_run()
+    root = sheet.parent
+    (root / "loop1.fcs").symlink_to(root / "loop2.fcs")
+    (root / "loop2.fcs").symlink_to(root / "loop1.fcs")
+    (root / "a_folder.fcs").mkdir()
+    with sheet.open("a") as f:
+        f.write("S6\tP3\t60mg\t0\tT\tloop1.fcs\nS7\tP3\t60mg\t0\tB\ta_folder.fcs\n")
+    rec = provenance(config, sheet, templates, outputs)
+    assert rec["samples"]["S6"]["sha256"] is None
+    assert rec["samples"]["S7"]["sha256"] is None
+    assert rec["samples"]["S1"]["sha256"] == _sha(root / "fcs" / "a.fcs")
+
+
 def test_config_as_used_and_its_hash(make_run):
     config, sheet, templates, outputs = make_run()
     rec = provenance(config, sheet, templates, outputs)

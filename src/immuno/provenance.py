@@ -83,19 +83,27 @@ def _mtime(path: Path) -> str:
 
 
 def _file_record(path: str | os.PathLike, cache: dict[str, str] | None = None) -> dict:
-    """``{"path", "sha256", "bytes"}``; a missing file has ``sha256: null``."""
+    """``{"path", "sha256", "bytes"}``; a file that is missing, no regular file (a
+    symlink loop, a folder) or unreadable has ``sha256: null`` (its sample failed at the
+    input check; the record says so rather than stopping the cohort's provenance)."""
     p = Path(path)
-    key = str(p.resolve())
-    if not p.is_file():
-        log.warning("provenance: %s does not exist; recorded without a hash", p)
-        return {"path": str(path), "sha256": None, "bytes": None}
-    if cache is not None and key in cache:
-        digest = cache[key]
-    else:
-        digest = sha256_file(p)
-        if cache is not None:
-            cache[key] = digest
-    return {"path": str(path), "sha256": digest, "bytes": p.stat().st_size}
+    missing = {"path": str(path), "sha256": None, "bytes": None}
+    if not p.is_file():  # False for a symlink loop too, where resolve() would raise
+        log.warning("provenance: %s is not a readable file; recorded without a hash", p)
+        return missing
+    try:
+        key = str(p.resolve())
+        if cache is not None and key in cache:
+            digest = cache[key]
+        else:
+            digest = sha256_file(p)
+            if cache is not None:
+                cache[key] = digest
+        size = p.stat().st_size
+    except OSError as exc:
+        log.warning("provenance: %s cannot be read (%s); recorded without a hash", p, exc)
+        return missing
+    return {"path": str(path), "sha256": digest, "bytes": size}
 
 
 def git_commit(path: str | os.PathLike = ".") -> dict[str, Any]:
