@@ -237,6 +237,15 @@ def test_a_whole_field_in_quotes_is_read_as_its_text(tmp_path):
     assert df["dose_group"].iloc[1] == "30 mg"
 
 
+def test_a_sheet_that_is_a_fifo_is_refused_without_waiting(tmp_path):
+    import os
+
+    fifo = tmp_path / "samples.tsv"
+    os.mkfifo(fifo)
+    exc = _sheet_error(fifo)  # reading it would block until a writer came
+    assert "not a regular file" in exc.message
+
+
 def test_sheet_without_rows(tmp_path):
     exc = _sheet_error(_write_sheet(tmp_path, [], header=HEADER))
     assert "no samples" in exc.message

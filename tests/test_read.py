@@ -786,3 +786,31 @@ def test_offset_preference_when_both_fit(tmp_path, version, used):
     d = read_fcs(_write(tmp_path, bytes(blob)))
     assert (d.events == (1.0 if used == "text" else 2.0)).all()
     assert any("disagree on the DATA offsets" in w for w in d.warnings)
+
+
+def test_a_fifo_or_a_symlink_loop_is_refused_without_waiting(tmp_path):
+    """Opening a FIFO waits for a writer for ever: it is refused before it is opened."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.fcs"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.fcs"
+    loop.symlink_to(tmp_path / "loop2.fcs")
+    (tmp_path / "loop2.fcs").symlink_to(loop)
+    outcome = {}
+
+    def read_both():
+        for name, path in (("fifo", fifo), ("loop", loop)):
+            try:
+                read_fcs(path)
+            except FCSError as exc:
+                outcome[name] = exc
+
+    worker = threading.Thread(target=read_both, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "read_fcs hung on a FIFO"
+    assert "named pipe" in outcome["fifo"].message
+    assert outcome["fifo"].file == str(fifo)
+    assert "cannot be opened" in outcome["loop"].message

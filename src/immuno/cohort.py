@@ -100,6 +100,12 @@ def load_sample_sheet(
             file=src,
             hint="set 'samples:' in the config to your sheet (TSV)",
         )
+    if not path.is_file():  # a folder, or a FIFO, which reading would wait on for ever
+        raise SampleSheetError(
+            "sample sheet is not a regular file",
+            file=src,
+            hint="set 'samples:' in the config to your sheet (TSV)",
+        )
     try:
         # utf-8-sig: a byte-order mark (spreadsheet export) is not part of the first
         # column's name; index_col=False: a tab at the end of every row is no index.

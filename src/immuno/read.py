@@ -59,6 +59,7 @@ import math
 import mmap
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -439,15 +440,42 @@ def _decode(b: bytes) -> str:
         return b.decode("latin-1")
 
 
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, from its ``st_mode`` (``None`` for a regular file)."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
 def _open(path: Path):
+    """Open a regular file for reading; anything else is refused before it is opened
+    (opening a FIFO would wait for a writer for ever)."""
     try:
+        kind = _kind(os.stat(path).st_mode)
+        if kind is not None:
+            raise FCSError(
+                f"is {kind}, not an FCS file",
+                file=str(path),
+                hint="fcs_path must name a regular file",
+            )
         f = open(path, "rb")
     except FileNotFoundError:
         raise FCSError("file does not exist", file=str(path), hint="check fcs_path") from None
-    except IsADirectoryError:
-        raise FCSError("is a directory, not an FCS file", file=str(path)) from None
     except PermissionError:
         raise FCSError("file cannot be read (permission denied)", file=str(path)) from None
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error
+        raise FCSError(
+            f"file cannot be opened: {exc.strerror or exc}",
+            file=str(path),
+            hint="check fcs_path",
+        ) from None
     return f
 
 
