@@ -33,6 +33,14 @@ def _setup(work: Path, cohort: Path) -> list[str]:
             "--configfile", str(work / "config.yaml"), "--cores", "2"]  # fmt: skip
 
 
+def _study(tmp_path: Path, name: str, cohort: Path) -> tuple[Path, list[str], pd.DataFrame]:
+    """A study folder ``tmp_path/name`` set up by :func:`_setup`: ``(folder, command, sheet)``."""
+    work = tmp_path / name
+    work.mkdir()
+    cmd = _setup(work, cohort)
+    return work, cmd, pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     from immuno.simulate import simulate_cohort
@@ -82,10 +90,7 @@ def test_bad_files_do_not_cost_the_others_their_results(tmp_path, cohort):
     import hashlib
     import shutil
 
-    work = tmp_path / "bad"
-    work.mkdir()
-    cmd = _setup(work, cohort)
-    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    work, cmd, sheet = _study(tmp_path, "bad", cohort)
     local = work / "fcs"
     local.mkdir()
     for p in sheet["fcs_path"]:
@@ -119,10 +124,7 @@ def test_bad_files_do_not_cost_the_others_their_results(tmp_path, cohort):
 def test_ids_that_look_like_numbers_keep_their_results(tmp_path, cohort):
     """Trial ids such as 0001 and 007 stay text in every table the workflow writes and reads
     back: every sample gets counts, a review figure and its place in the paired tests."""
-    work = tmp_path / "numeric_ids"
-    work.mkdir()
-    cmd = _setup(work, cohort)
-    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    work, cmd, sheet = _study(tmp_path, "numeric_ids", cohort)
     sheet = sheet[sheet["visit_month"].isin(["0", "4.5"])].copy()
     sheet["sample_id"] = [f"{i:04d}" for i in range(1, len(sheet) + 1)]
     sheet["patient_id"] = sheet["patient_id"].str.replace("P", "0")  # P01 -> 001
@@ -144,9 +146,7 @@ def test_ids_that_look_like_numbers_keep_their_results(tmp_path, cohort):
 def test_a_panel_name_that_leaves_the_results_folder_is_refused(tmp_path, cohort):
     """Panel names become file names (results/exports/<panel>.h5ad): '../x' is refused by the
     config schema before any job runs, and nothing is written beside the study folder."""
-    work = tmp_path / "study"
-    work.mkdir()
-    cmd = _setup(work, cohort)
+    work, cmd, _ = _study(tmp_path, "study", cohort)
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["panels"] = {"../escape_T" if k == "T" else k: v for k, v in cfg["panels"].items()}
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -163,10 +163,7 @@ def test_a_brace_in_an_fcs_path_is_named_not_a_wildcard_error(tmp_path, cohort):
     the project's error naming the sample and the path, not a WildcardError."""
     import shutil
 
-    work = tmp_path / "braces"
-    work.mkdir()
-    cmd = _setup(work, cohort)
-    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str)
+    work, cmd, sheet = _study(tmp_path, "braces", cohort)
     odd = work / "run{1}"
     odd.mkdir()
     shutil.copy(sheet.loc[sheet.index[0], "fcs_path"], odd / "a.fcs")

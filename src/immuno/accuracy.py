@@ -91,6 +91,24 @@ def gate_cohort(cohort: str | Path, gates_dir: str | Path, *, workers: int = 2):
     return results, sheet, time.perf_counter() - t0
 
 
+def _each_sample(cohort: str | Path, results):
+    """Per gated sample of a simulated cohort: ``(result, truth masks, the truth file's
+    arrays, the pipeline's masks)``; samples that failed are skipped."""
+    from .read import read_fcs
+    from .simulate import truth_masks
+
+    cohort = Path(cohort)
+    for res in results:
+        if res.error is not None:
+            continue
+        npz = cohort / "truth" / f"{res.sample_id}.npz"
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files}
+        fcs = read_fcs(cohort / "fcs" / f"{res.sample_id}.fcs")
+        masks = res.strategy.apply(fcs, sample_id=res.sample_id).masks
+        yield res, truth_masks(npz), arrays, masks
+
+
 def score_cohort(cohort: str | Path, results, sheet: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per gated sample and reported population (plus ``lymphocytes``).
 
@@ -101,23 +119,12 @@ def score_cohort(cohort: str | Path, results, sheet: pd.DataFrame | None = None)
     ``clean_kept`` (share of the file's steady events the ``clean`` gate keeps;
     NaN without a ``clean`` population) and ``clogged``.
     """
-    from .read import read_fcs
-    from .simulate import truth_masks
-
-    cohort = Path(cohort)
     panel_of = {}
     if sheet is not None:
         panel_of = dict(zip(sheet["sample_id"].astype(str), sheet["panel"], strict=True))
     rows = []
-    for res in results:
-        if res.error is not None:
-            continue
-        npz = cohort / "truth" / f"{res.sample_id}.npz"
-        truth = truth_masks(npz)
-        with np.load(npz) as z:
-            artifact = z["time_artifact"].astype(bool)
-        fcs = read_fcs(cohort / "fcs" / f"{res.sample_id}.fcs")
-        masks = res.strategy.apply(fcs, sample_id=res.sample_id).masks
+    for res, truth, arrays, masks in _each_sample(cohort, results):
+        artifact = arrays["time_artifact"].astype(bool)
         file_review = any(res.flag(p) for p in res.fits)
         clean_kept = np.nan
         if "clean" in masks and (~artifact).any():
@@ -185,20 +192,9 @@ def by_cell_type(cohort: str | Path, results, populations=("lymphocytes", "naive
     ``n_kept`` (of those, inside the pipeline's gate) and ``n_gated`` (the type's
     events inside the pipeline's gate, members or not). Event counts.
     """
-    from .read import read_fcs
-    from .simulate import truth_masks
-
-    cohort = Path(cohort)
     rows = []
-    for res in results:
-        if res.error is not None:
-            continue
-        npz = cohort / "truth" / f"{res.sample_id}.npz"
-        truth = truth_masks(npz)
-        with np.load(npz) as z:
-            label, names = z["label"], [str(n) for n in z["names"]]
-        fcs = read_fcs(cohort / "fcs" / f"{res.sample_id}.fcs")
-        masks = res.strategy.apply(fcs, sample_id=res.sample_id).masks
+    for res, truth, arrays, masks in _each_sample(cohort, results):
+        label, names = arrays["label"], [str(n) for n in arrays["names"]]
         for pop in populations:
             if pop not in masks or pop not in truth:
                 continue
