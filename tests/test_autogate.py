@@ -278,6 +278,61 @@ def test_template_not_yaml_and_missing_sections(tmp_path):
         load_template(_write(tmp_path, "name: x\n"))
 
 
+_POP = "  - {name: a, dims: [CD3], method: %s, %s}"
+_BILLION_LAUGHS = "\n".join(
+    ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    + ["panel: {}", "populations: *a8"]
+)
+
+
+@pytest.mark.parametrize(
+    "text, field, words",
+    [
+        (BASE + _POP % ("mindensity", "guard: {frequency: 5}"), "populations.a.guard.frequency",
+         "not of type 'array'"),
+        (BASE + _POP % ("mindensity", "guard: [1, 2]"), "populations.a.guard", "not of type"),
+        (BASE + _POP % ("mindensity", "params: [1, 2]"), "populations.a.params", "not of type"),
+        (BASE.replace("populations:", "populations: null"), "populations", "not of type"),
+        (BASE + "  - {name: a, dims: [CD3, CD3], method: polygon, params: {}}",
+         "populations.a.params", "'vertices' is a required property"),
+        (BASE + _POP % ("range", "params: {min: low}"), "populations.a.params.min", "not valid"),
+        (BASE + _POP % ("mindensity", "guard: {min_events: many}"),
+         "populations.a.guard.min_events", "not of type 'integer'"),
+        (BASE + "  - {name: a, dims: [CD3, CD3], method: mixture, params: {max_events: -5}}",
+         "populations.a.params.max_events", "less than the minimum"),
+        (BASE + "  - {name: a, dims: [CD3, CD3], method: mixture, params: {vertices: 1000000000}}",
+         "populations.a.params.vertices", "greater than the maximum"),
+        (BASE + "  - {name: a, dims: [Time], method: time, params: {bins: 0}}",
+         "populations.a.params.bins", "less than the minimum"),
+        (BASE + "".join(f"  - {{name: p{i}, dims: [CD3], method: mindensity}}\n"
+                        for i in range(1001)), "populations", "too long"),
+        (BASE + "  - {name: a, dims: [CD3], method: mindensity, params: {x: "
+         + "[" * 1000 + "]" * 1000 + "}}", None, "deeper than 40"),
+        (_BILLION_LAUGHS, None, "expands to more than"),
+        ("a: &a [*a]\npanel: {}\npopulations: *a\n", None, "alias inside its own anchor"),
+    ],
+)  # fmt: skip
+def test_hostile_templates_get_the_projects_error_fast(tmp_path, text, field, words):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(GatingFileError) as err:
+        load_template(_write(tmp_path, text))
+    assert time.perf_counter() - t0 < 5.0
+    assert err.value.file.endswith("t.yaml")
+    assert err.value.field == field
+    assert words in err.value.message, err.value.message
+
+
+def test_a_template_larger_than_the_limit_is_refused_unread(tmp_path):
+    text = BASE + "".join(
+        f"  - {{name: p{i}, dims: [CD3], method: mindensity}}\n" for i in range(100_000)
+    )
+    with pytest.raises(GatingFileError, match="more than 2,000,000"):
+        load_template(_write(tmp_path, text))
+
+
 def test_shipped_templates_load_with_the_contract_population_names():
     t = load_template(ROOT / "gates" / "t_cell.yaml")
     b = load_template(ROOT / "gates" / "b_cell.yaml")

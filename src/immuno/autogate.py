@@ -1146,30 +1146,140 @@ class Template:
         return s
 
 
+#: Limits of a template file: its size (bytes), its nesting depth (mappings and lists) and
+#: the number of YAML nodes once every alias is expanded (a small file of nested aliases can
+#: stand for billions).
+TEMPLATE_MAX_BYTES = 2_000_000
+TEMPLATE_MAX_DEPTH = 40
+TEMPLATE_MAX_NODES = 200_000
+
+
+def _template_yaml(raw: bytes, src: str):
+    """The YAML document of a template, within :data:`TEMPLATE_MAX_BYTES`,
+    :data:`TEMPLATE_MAX_DEPTH` and :data:`TEMPLATE_MAX_NODES`; checked on the event
+    stream and the node graph before any object is built."""
+    import yaml
+
+    hint = "see gates/README.md"
+    if len(raw) > TEMPLATE_MAX_BYTES:
+        raise GatingFileError(
+            f"template is {len(raw):,} bytes, more than {TEMPLATE_MAX_BYTES:,}", file=src, hint=hint
+        )
+    try:
+        depth = 0
+        for event in yaml.parse(raw, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > TEMPLATE_MAX_DEPTH:
+                    raise GatingFileError(
+                        f"template nests deeper than {TEMPLATE_MAX_DEPTH} levels",
+                        file=src,
+                        hint=hint,
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        root = yaml.compose(raw, Loader=yaml.SafeLoader)
+        _expanded_nodes(root, src)
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise GatingFileError(f"not valid YAML: {exc}", file=src) from None
+
+
+def _expanded_nodes(root, src: str) -> int:
+    """Nodes of a composed YAML graph with every alias expanded, counted without
+    expanding (a shared node is counted once per reference); over
+    :data:`TEMPLATE_MAX_NODES`, or an alias inside its own anchor, is an error."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise GatingFileError("template has an alias inside its own anchor", file=src)
+        open_.add(key)
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        open_.discard(key)
+        sizes[key] = n
+        if n > TEMPLATE_MAX_NODES:
+            raise GatingFileError(
+                f"template expands to more than {TEMPLATE_MAX_NODES:,} YAML nodes"
+                " (aliases of aliases?)",
+                file=src,
+                hint="write the template out without nested YAML aliases",
+            )
+        return n
+
+    return size(root) if root is not None else 0
+
+
+def _validate_template(doc, src: str) -> None:
+    """Structure and size limits of ``data/template.schema.json`` (jsonschema), before any
+    semantic check: the first violation as a :class:`GatingFileError` naming its field."""
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+
+    schema = json.loads(files("immuno").joinpath("data/template.schema.json").read_text())
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(doc)
+    )
+    if error is None:
+        return
+    parts: list[str] = []
+    node = doc
+    for step in error.absolute_path:
+        if isinstance(step, int) and isinstance(node, list):
+            item = node[step] if step < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None
+            parts[-1:] = [f"{parts[-1]}.{name}" if name else f"{parts[-1]}[{step}]"]
+        else:
+            parts.append(str(step))
+        node = node[step] if isinstance(node, dict | list) else None
+    shown = repr(error.instance)
+    if len(shown) > 60:  # jsonschema's messages start with the whole offending value
+        size = f" of {len(error.instance)} items" if hasattr(error.instance, "__len__") else ""
+        shown = f"a {type(error.instance).__name__}{size}"
+    message = error.message.replace(repr(error.instance), shown, 1)
+    raise GatingFileError(
+        message if len(message) < 300 else message[:300] + "...",
+        file=src,
+        field=".".join(parts) or None,
+        hint="see gates/README.md for the template format",
+    )
+
+
 def load_template(path: str | Path) -> Template:
     """Read and validate a gating template (YAML).
 
-    Raises :class:`~immuno.errors.GatingFileError` naming the file and the key
-    at fault.
+    The file is checked for size, depth and alias expansion, then against the template
+    schema (``data/template.schema.json``), then semantically. Raises
+    :class:`~immuno.errors.GatingFileError` naming the file and the key at fault.
     """
-    import yaml
-
     path = Path(path)
+    src = str(path)
     try:
+        if not path.is_file() and path.exists():
+            raise GatingFileError("template is not a regular file", file=src)
         raw = path.read_bytes()
     except OSError as exc:
-        raise GatingFileError(f"cannot read template: {exc.strerror}", file=str(path)) from None
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise GatingFileError(f"not valid YAML: {exc}", file=str(path)) from None
-    src = str(path)
+        raise GatingFileError(f"cannot read template: {exc.strerror}", file=src) from None
+    doc = _template_yaml(raw, src)
     if not isinstance(doc, dict) or "panel" not in doc or "populations" not in doc:
         raise GatingFileError(
             "a template needs 'panel' and 'populations' sections",
             file=src,
             hint="see gates/README.md",
         )
+    _validate_template(doc, src)
     name = str(doc.get("name", path.stem))
     panel = Panel.from_dict(doc["panel"], name=name, source=src)
     pops: list[PopulationSpec] = []
