@@ -754,6 +754,20 @@ def test_inspect_lines_and_status(tmp_path):
     assert lines[2].startswith(f"{good}\tFCS3.1\tevents=3")
 
 
+def test_inspect_keeps_one_line_per_file_whatever_the_names_hold(tmp_path):
+    ev = np.ones((3, 2), dtype="<f4")
+    odd = _write(
+        tmp_path, _float_file(ev, names=["FSC-A", "FITC-A"], markers=["", "CD3\nCD4"]), "a\nb.fcs"
+    )
+    out = io.StringIO()
+    assert inspect_files([str(odd), str(tmp_path / "gone\n.fcs")], out) == 1
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(str(tmp_path) + "/a\\nb.fcs\tFCS3.1\t")
+    assert "FITC-A=CD3\\nCD4\tspillover" in lines[0]
+    assert lines[1].startswith("ERROR FCSError: file ") and "gone\\n.fcs" in lines[1]
+
+
 def test_cli_inspect(tmp_path, capsys):
     from immuno.cli import main
 

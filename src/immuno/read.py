@@ -1044,8 +1044,8 @@ def inspect_files(paths: list[str], out: TextIO) -> int:
         except ImmunoError as exc:
             msg = str(exc)
             if exc.file is None:
-                msg = f"file {p}: {msg}"
-            out.write(f"ERROR {type(exc).__name__}: {msg}\n")
+                msg = f"file {_one_line(p)}: {msg}"
+            out.write(f"ERROR {type(exc).__name__}: {_one_line(msg)}\n")
             status = 1
             continue
         notes = list(d.warnings)
@@ -1058,8 +1058,15 @@ def inspect_files(paths: list[str], out: TextIO) -> int:
             f"{c}={m}" if m else c for c, m in zip(d.channels, d.markers, strict=True)
         )
         warn = " | ".join(notes) if notes else "none"
-        out.write(
-            f"{p}\t{d.version}\tevents={d.n_events}\tchannels={len(d.channels)}\t{pairs}\t"
-            f"spillover={spill}\twarnings={warn}\n"
-        )
+        fields = [p, d.version, f"events={d.n_events}", f"channels={len(d.channels)}", pairs]
+        fields += [f"spillover={spill}", f"warnings={warn}"]
+        out.write("\t".join(_one_line(f) for f in fields) + "\n")
     return status
+
+
+def _one_line(text) -> str:
+    """``text`` with tabs, line breaks and other control characters escaped (``\\n``,
+    ``\\t``, ``\\x1b``...): a file or marker name holding one keeps its file on one line."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text)
+    )
