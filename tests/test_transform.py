@@ -265,3 +265,40 @@ def test_approx_not_offered_where_not_exact_enough():
     assert FlowJoBiex().approx(np.ones(3), 10.0) is None
     assert Logicle().approx(np.ones(3), float("inf")) is None
     assert Log(100, 2).lipschitz() is None
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "linear", "T": 0},
+        {"type": "linear", "T": 1, "A": -1},  # a zero span: division by zero
+        {"type": "linear", "T": float("nan")},
+        {"type": "log", "M": 0},
+        {"type": "log", "T": 0},
+        {"type": "asinh", "T": 0},
+        {"type": "asinh", "M": 0},
+        {"type": "flowjo_log", "offset": 0},
+        {"type": "logicle", "T": 0},
+        {"type": "logicle", "M": 0},
+    ],
+)
+def test_degenerate_transform_parameters_are_refused(spec):
+    from immuno.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="invalid"):
+        from_spec(spec)
+
+
+def test_a_template_with_a_degenerate_transform_names_it(tmp_path):
+    from immuno.autogate import load_template
+    from immuno.errors import GatingFileError
+
+    p = tmp_path / "t.yaml"
+    p.write_text(
+        "panel:\n  transforms: {lin: {type: linear, T: 0}}\n  markers: {CD3: {transform: lin}}\n"
+        "populations:\n  - {name: a, dims: [CD3], method: mindensity}\n"
+    )
+    with pytest.raises(GatingFileError) as err:
+        load_template(p)
+    assert err.value.field == "panel.transforms.lin"
+    assert err.value.file == str(p)

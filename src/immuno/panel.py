@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .errors import GatingFileError, PanelError
+from .errors import ConfigError, GatingFileError, PanelError
 from .transform import Transform, from_spec
 
 __all__ = ["Marker", "Panel", "normalise_name"]
@@ -77,9 +77,14 @@ class Panel:
     def from_dict(cls, spec: dict, *, name: str, source: str | None = None) -> Panel:
         """Build from the ``panel:`` mapping of a template."""
         try:
-            transforms = {
-                tid: from_spec(tspec, id=tid) for tid, tspec in spec.get("transforms", {}).items()
-            }
+            transforms = {}
+            for tid, tspec in spec.get("transforms", {}).items():
+                try:
+                    transforms[tid] = from_spec(tspec, id=tid)
+                except ConfigError as exc:
+                    raise GatingFileError(
+                        exc.message, file=source, field=f"panel.transforms.{tid}", hint=exc.hint
+                    ) from None
             markers: dict[str, Marker] = {}
             for mname, mspec in (spec.get("markers") or {}).items():
                 mspec = mspec or {}

@@ -134,6 +134,11 @@ class Linear(Transform):
     A: float = 0.0
     id: str = "linear"
 
+    def __post_init__(self):
+        _check_finite("linear", T=self.T, A=self.A)
+        if not (self.T > 0 and self.T + self.A > 0):
+            _invalid("linear", f"T={self.T}, A={self.A}", "need T > 0 and T + A > 0")
+
     def apply(self, x):
         return (np.asarray(x, dtype=np.float64) + self.A) / (self.T + self.A)
 
@@ -175,6 +180,11 @@ class Log(Transform):
     M: float = 4.5
     id: str = "log"
 
+    def __post_init__(self):
+        _check_finite("log", T=self.T, M=self.M)
+        if not (self.T > 0 and self.M > 0):
+            _invalid("log", f"T={self.T}, M={self.M}", "need T > 0 and M > 0")
+
     def apply(self, x):
         x = np.asarray(x, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -201,6 +211,11 @@ class Asinh(Transform):
     A: float = 0.0
     id: str = "asinh"
 
+    def __post_init__(self):
+        _check_finite("asinh", T=self.T, M=self.M, A=self.A)
+        if not (self.T > 0 and self.M > 0 and self.M + self.A > 0):
+            _invalid("asinh", f"T={self.T}, M={self.M}, A={self.A}", "need T > 0, M > 0, M + A > 0")
+
     def apply(self, x):
         x = np.asarray(x, dtype=np.float64)
         return (np.arcsinh(x * math.sinh(self.M * _LN10) / self.T) + self.A * _LN10) / (
@@ -226,6 +241,18 @@ class Asinh(Transform):
 
     def spec(self):
         return {"type": "asinh", "T": self.T, "M": self.M, "A": self.A, **self._bounds_spec()}
+
+
+def _invalid(kind: str, values: str, hint: str) -> None:
+    from .errors import ConfigError
+
+    raise ConfigError(f"invalid {kind} parameters {values}", field="transform", hint=hint)
+
+
+def _check_finite(kind: str, **values: float) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        _invalid(kind, ", ".join(f"{k}={v}" for k, v in bad.items()), "parameters must be finite")
 
 
 def _check_tWMA(kind: str, T: float, W: float, M: float, A: float) -> None:
@@ -657,6 +684,11 @@ class FlowJoLog(Transform):
     offset: float = 1.0
     decades: float = 4.5
     id: str = "flowjo_log"
+
+    def __post_init__(self):
+        _check_finite("flowjo_log", offset=self.offset, decades=self.decades)
+        if not (self.offset > 0 and self.decades > 0):
+            _invalid("flowjo_log", f"offset={self.offset}, decades={self.decades}", "need both > 0")
 
     def apply(self, x):
         x = np.maximum(np.asarray(x, dtype=np.float64), self.offset)
