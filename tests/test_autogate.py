@@ -309,6 +309,9 @@ _BILLION_LAUGHS = "\n".join(
                         for i in range(1001)), "populations", "too long"),
         (BASE + "  - {name: a, dims: [CD3], method: mindensity, params: {x: "
          + "[" * 1000 + "]" * 1000 + "}}", None, "deeper than 40"),
+        (BASE + "  - {name: a, dims: [CD3, CD3], method: ellipse, params: {mean: [0, 0], "
+         "covariance: [[-1, 0], [0, -1]]}}", "populations.a.params.covariance",
+         "negative definite"),
         (_BILLION_LAUGHS, None, "expands to more than"),
         ("a: &a [*a]\npanel: {}\npopulations: *a\n", None, "alias inside its own anchor"),
     ],

@@ -211,6 +211,34 @@ RANGE = (
 )
 
 
+def _matrix(entries: str) -> str:
+    a, b, c, d = entries.split()
+    entry = '<gating:entry gating:value="{}"/>'
+    row = "<gating:row>" + entry + entry + "</gating:row>"
+    return row.format(a, b) + row.format(c, d)
+
+
+_DIM = (
+    '<gating:dimension gating:compensation-ref="uncompensated">'
+    '<data-type:fcs-dimension data-type:name="{}"/></gating:dimension>'
+)
+ELLIPSE = (
+    '<gating:EllipsoidGate gating:id="E">'
+    + _DIM.format("FSC-H")
+    + _DIM.format("SSC-H")
+    + '<gating:mean><gating:coordinate data-type:value="1"/><gating:coordinate '
+    'data-type:value="1"/></gating:mean><gating:covarianceMatrix>{cov}</gating:covarianceMatrix>'
+    '<gating:distanceSquare data-type:value="{d2}"/></gating:EllipsoidGate>'
+)
+QUADRANTS = (
+    '<gating:QuadrantGate gating:id="Q"><gating:divider gating:id="D" '
+    'gating:compensation-ref="uncompensated"><data-type:fcs-dimension data-type:name="FSC-H"/>'
+    "<gating:value>{value}</gating:value></gating:divider>"
+    '<gating:Quadrant gating:id="Q1"><gating:position gating:divider_ref="D" '
+    'gating:location="1"/></gating:Quadrant></gating:QuadrantGate>'
+)
+
+
 def _range(id="R", extra="", comp="uncompensated", tr=""):
     return RANGE.format(id=id, extra=extra, comp=comp, tr=tr)
 
@@ -237,9 +265,14 @@ def _range(id="R", extra="", comp="uncompensated", tr=""):
             ),
             "invalid logicle",
         ),
+        (_gml(ELLIPSE.format(cov=_matrix("-1 0 0 -1"), d2="1")), "negative definite"),
+        (_gml(ELLIPSE.format(cov=_matrix("1 0 0 1"), d2="-1")), "not a positive number"),
+        (_gml(ELLIPSE.format(cov=_matrix("1 1 1 1"), d2="1")), "singular"),
+        (_gml(QUADRANTS.format(value="NaN")), "NaN value"),
     ],
-    ids=["xml", "root", "dup", "parent", "cycle", "transform", "matrix", "number", "params"],
-)
+    ids=["xml", "root", "dup", "parent", "cycle", "transform", "matrix", "number", "params",
+         "negative_definite", "negative_distance", "singular", "nan_divider"],
+)  # fmt: skip
 def test_invalid_files_name_the_problem(body, match, tmp_path):
     path = tmp_path / "bad.xml"
     path.write_text(body)

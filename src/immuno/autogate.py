@@ -46,6 +46,7 @@ from .gate import (
     GatingStrategy,
     PolygonGate,
     RectangleGate,
+    ellipse_problem,
 )
 from .panel import Panel
 
@@ -1031,6 +1032,18 @@ class StaticShape(Method):
     ``covariance``, ``distance_square``). Coordinates are in gate space."""
 
     borrowable = False
+
+    @classmethod
+    def check_params(cls, params):
+        if "mean" in params or "covariance" in params:
+            problem = ellipse_problem(
+                params.get("mean", []),
+                params.get("covariance", []),
+                params.get("distance_square", 1.0),
+            )
+            if problem:
+                return "covariance", problem
+        return None
 
     def fit(self, X, cache=None):
         self.params_ = {}

@@ -182,6 +182,36 @@ class PolygonGate(Gate):
         return "polygon"
 
 
+def ellipse_problem(mean, covariance, distance_square) -> str | None:
+    """Why ``(mean, covariance, distance_square)`` is no ellipse (gate space), or None.
+
+    The mean and matrix must be finite, the matrix invertible and not negative definite
+    (the symmetric part of its inverse has a positive eigenvalue; a negative-definite one
+    puts every event inside), and the squared distance finite and positive.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    cov = np.asarray(covariance, dtype=np.float64)
+    k = mean.shape[0] if mean.ndim == 1 else -1
+    if cov.shape != (k, k):
+        return f"the covariance matrix is not {k}x{k}"
+    if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+        return "the mean or covariance matrix is not finite"
+    try:
+        prec = np.linalg.inv(cov)
+    except np.linalg.LinAlgError:
+        return "the covariance matrix is singular"
+    # The quadratic form x' inv(cov) x only sees inv(cov)'s symmetric part. The Gating-ML
+    # compliance suite itself holds an asymmetric, indefinite matrix (a 3-D ellipsoid whose
+    # expected counts FlowKit reproduces), so only a form that is nowhere positive, which
+    # puts every event inside, is refused.
+    if np.linalg.eigvalsh(0.5 * (prec + prec.T)).max() <= 0:
+        return "the covariance matrix is negative definite (every event would be inside)"
+    d2 = float(distance_square)
+    if not (math.isfinite(d2) and d2 > 0):
+        return f"distanceSquare {d2} is not a positive number"
+    return None
+
+
 @dataclass
 class EllipseGate(Gate):
     """Ellipse(oid): ``(x - mean)^T inv(covariance) (x - mean) <= distance_square``."""

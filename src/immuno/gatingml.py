@@ -59,6 +59,7 @@ from .gate import (
     GatingStrategy,
     PolygonGate,
     RectangleGate,
+    ellipse_problem,
 )
 from .transform import Asinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
 from .util import atomic_path
@@ -418,13 +419,17 @@ def _parse_gate(p: _Parser, kind: str, el: ET.Element, gid: str) -> Gate:
     ]
     if len(cov) != k or any(len(r) != k for r in cov):
         raise p.error(f"EllipsoidGate {gid!r}: covariance matrix is not {k}x{k}", field=gid)
+    distance_square = p.value(dsq[0], gid)
+    problem = ellipse_problem(means[0], cov, distance_square)
+    if problem:
+        raise p.error(f"EllipsoidGate {gid!r}: {problem}", field=gid)
     return EllipseGate(
         gid,
         None,
         dd,
         mean=np.array(means[0], dtype=np.float64),
         covariance=np.array(cov, dtype=np.float64),
-        distance_square=p.value(dsq[0], gid),
+        distance_square=distance_square,
     )
 
 
@@ -444,6 +449,8 @@ def _parse_quadrants(p: _Parser, el: ET.Element) -> list[tuple[str, RectangleGat
                     vals.append(float((v.text or "").strip()))
                 except ValueError:
                     raise p.error(f"divider {did!r} has a non-numeric value", field=qgid) from None
+                if math.isnan(vals[-1]):
+                    raise p.error(f"divider {did!r} has a NaN value", field=qgid)
         if not vals:
             raise p.error(f"divider {did!r} of {qgid!r} has no value", field=qgid)
         dividers[did] = (p.dimension(d, qgid), sorted(vals))
