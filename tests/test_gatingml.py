@@ -269,9 +269,12 @@ def _range(id="R", extra="", comp="uncompensated", tr=""):
         (_gml(ELLIPSE.format(cov=_matrix("1 0 0 1"), d2="-1")), "not a positive number"),
         (_gml(ELLIPSE.format(cov=_matrix("1 1 1 1"), d2="1")), "singular"),
         (_gml(QUADRANTS.format(value="NaN")), "NaN value"),
+        ('<?xml version="1.0" encoding="x-bogus"?><a/>', "not readable XML"),
+        (_gml("<a>" * 1500 + "</a>" * 1500), "deeper than 400"),
     ],
     ids=["xml", "root", "dup", "parent", "cycle", "transform", "matrix", "number", "params",
-         "negative_definite", "negative_distance", "singular", "nan_divider"],
+         "negative_definite", "negative_distance", "singular", "nan_divider", "encoding",
+         "depth"],
 )  # fmt: skip
 def test_invalid_files_name_the_problem(body, match, tmp_path):
     path = tmp_path / "bad.xml"
@@ -535,3 +538,12 @@ def test_template_dispatch_and_realised_strategy_round_trip(simulated_tube, tmp_
     for pop in s.gates:
         np.testing.assert_array_equal(r2.masks[pop], ours.masks[pop], err_msg=pop)
     assert "Time channel" not in caplog.text
+
+
+def test_a_fifo_as_a_gating_file_is_refused_without_waiting(tmp_path):
+    import os
+
+    fifo = tmp_path / "gates.xml"
+    os.mkfifo(fifo)
+    with pytest.raises(GatingFileError, match="not a regular file"):
+        load_gatingml(fifo)

@@ -102,9 +102,15 @@ def parse_xml(path: str | os.PathLike, *, kind: str = "Gating-ML") -> ET.Element
 
     path = str(path)
     try:
-        return DET.parse(
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block for ever
+            raise GatingFileError(f"the {kind} file is not a regular file", file=path)
+        root = DET.parse(
             path, forbid_dtd=False, forbid_entities=True, forbid_external=True
         ).getroot()
+        _check_depth(root, path, kind)
+        return root
+    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
+        raise GatingFileError(f"not readable XML: {exc}", file=path) from None
     except defusedxml.DefusedXmlException as exc:
         raise GatingFileError(
             f"refused to read the {kind} file: it declares XML entities or external "
@@ -118,6 +124,25 @@ def parse_xml(path: str | os.PathLike, *, kind: str = "Gating-ML") -> ET.Element
         raise GatingFileError(f"{kind} file does not exist", file=path) from None
     except OSError as exc:
         raise GatingFileError(f"cannot read the {kind} file: {exc.strerror}", file=path) from None
+
+
+#: Deepest element nesting a gating file may have (FlowJo nests one level per gate).
+MAX_XML_DEPTH = 400
+
+
+def _check_depth(root: ET.Element, path: str, kind: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_XML_DEPTH` (measured without recursion):
+    the readers walk gate hierarchies recursively."""
+    stack = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > MAX_XML_DEPTH:
+            raise GatingFileError(
+                f"the {kind} file nests elements deeper than {MAX_XML_DEPTH} levels",
+                file=path,
+                hint="a gate hierarchy that deep is not a real gating; export it again",
+            )
+        stack.extend((child, depth + 1) for child in el)
 
 
 def _local(tag: str) -> str:
