@@ -605,7 +605,7 @@ def test_parse_spillover():
     names, m = parse_spillover("2,FITC-A,PE-A,1,0.1,0.02,1")
     assert names == ["FITC-A", "PE-A"]
     assert m.tolist() == [[1, 0.1], [0.02, 1]]
-    for bad in ("2,a,b,1,0,0", "inf,a", "x,a", "1,a,nan", "0"):
+    for bad in ("2,a,b,1,0,0", "inf,a", "x,a", "1,a,nan", "0", "2,a,a,1,0,0,1", "2,a,,1,0,0,1"):
         with pytest.raises(FCSError, match="spillover"):
             parse_spillover(bad, file="f.fcs")
 

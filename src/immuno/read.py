@@ -234,7 +234,8 @@ def parse_spillover(value: str, *, file: str | None = None, field: str = "$SPILL
     Raises
     ------
     FCSError
-        The value does not have ``1 + n + n*n`` items, or holds a non-number.
+        The value does not have ``1 + n + n*n`` items, holds a non-number, or names a
+        detector twice (or not at all).
     """
     parts = [p.strip() for p in value.split(",")]
     try:
@@ -261,6 +262,14 @@ def parse_spillover(value: str, *, file: str | None = None, field: str = "$SPILL
         ) from None
     if not np.all(np.isfinite(matrix)):
         raise FCSError("spillover keyword has a non-finite value", file=file, field=field)
+    dupes = sorted({x for x in names if names.count(x) > 1})
+    if dupes or "" in names:
+        what = f"names {', '.join(dupes)} twice" if dupes else "an empty detector name"
+        raise FCSError(
+            f"spillover keyword {what}: its rows cannot be told apart",
+            file=file,
+            field=field,
+        )
     return names, matrix
 
 
