@@ -630,6 +630,20 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_raises(tmp_path):
     assert list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_path_removes_what_a_killed_writer_left(tmp_path):
+    """A writer killed outright (SIGKILL, a segfault on a full disk) leaves its temporary
+    file; the next successful write of the same target removes it, and nobody else's."""
+    target = tmp_path / "T.h5ad"
+    stale = tmp_path / ".T.h5ad.k1l2e3d4.tmp"
+    other = tmp_path / ".B.h5ad.k1l2e3d4.tmp"
+    stale.write_bytes(b"half")
+    other.write_bytes(b"half")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]
+
+
 def test_write_tsv_leaves_no_partial_file_when_the_frame_fails_to_write(tmp_path):
     class HalfWritten:
         def to_csv(self, path, **kwargs):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import tempfile
@@ -39,7 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     An interrupted or failing writer leaves no half-written ``path`` (the
     temporary file is removed), so a rerun never mistakes a partial table for
-    a finished one.
+    a finished one. A writer killed outright (SIGKILL, a crash on a full disk) cannot
+    remove its temporary file: the next successful write of ``path`` removes such
+    leftovers (``.<name>.*.tmp`` beside it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +55,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
