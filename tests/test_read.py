@@ -828,3 +828,21 @@ def test_a_fifo_or_a_symlink_loop_is_refused_without_waiting(tmp_path):
     assert "named pipe" in outcome["fifo"].message
     assert outcome["fifo"].file == str(fifo)
     assert "cannot be opened" in outcome["loop"].message
+
+
+def test_a_text_of_millions_of_keywords_is_refused_before_it_is_split(tmp_path):
+    import time
+    import tracemalloc
+
+    ev = np.ones((2, 1), dtype="<f4")
+    kw = fz.channel_keywords(ev, "F")
+    kw.update({f"K{i}": "v" for i in range(300_000)})
+    path = _write(tmp_path, fz.build_fcs(kw, ev.tobytes()))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(FCSError, match="more than 200,000 keywords") as err:
+        read_fcs(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert err.value.field == "TEXT"
+    assert time.perf_counter() - t0 < 5 and peak < 100e6

@@ -370,6 +370,10 @@ def _parse_header(buf, path: str, start: int) -> tuple[str, list[int]]:
     return version, offsets
 
 
+#: Most keywords one TEXT segment may hold (a spectral panel of 200 parameters has ~4,000).
+MAX_KEYWORDS = 200_000
+
+
 def _split_keywords(raw: bytes) -> list[bytes]:
     """Split a TEXT segment (first byte = delimiter) into alternating keys and values.
 
@@ -426,6 +430,15 @@ def _parse_text(
         control = sum(body.count(bytes([c])) for c in (*range(9), *range(14, 32)))
         if control > len(body) // 100:
             raise FCSError(f"{field} segment is binary, not keywords", file=path, field=field)
+    # Each keyword/value pair takes two delimiters: count them before splitting, so a
+    # TEXT of millions of keywords is refused before it costs a gigabyte.
+    if raw.count(raw[:1]) > 2 * MAX_KEYWORDS + 2:
+        raise FCSError(
+            f"{field} segment holds more than {MAX_KEYWORDS:,} keywords",
+            file=path,
+            field=field,
+            hint="real files hold hundreds to a few thousand; the file is damaged",
+        )
     tokens = _split_keywords(raw)
     text: dict[str, str] = {}
     for k in range(0, len(tokens) - 1, 2):
