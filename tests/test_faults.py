@@ -158,20 +158,43 @@ def test_a_panel_name_that_leaves_the_results_folder_is_refused(tmp_path, cohort
     assert not (work / "results").exists()
 
 
-def test_a_brace_in_an_fcs_path_is_named_not_a_wildcard_error(tmp_path, cohort):
-    """Snakemake reads { } in an input path as a wildcard: the run stops before any job with
-    the project's error naming the sample and the path, not a WildcardError."""
+def test_an_fcs_path_with_braces_is_gated_and_tracked(tmp_path, cohort):
+    """Snakemake reads { } in an input path as a wildcard: a file in a folder 'run{1}' is read
+    from the sheet, gated like the others, and a change to it reruns its jobs."""
     import shutil
 
     work, cmd, sheet = _study(tmp_path, "braces", cohort)
+    sheet = sheet[sheet["visit_month"].isin(["0", "4.5"])].copy()
     odd = work / "run{1}"
     odd.mkdir()
-    shutil.copy(sheet.loc[sheet.index[0], "fcs_path"], odd / "a.fcs")
-    sheet.loc[sheet.index[0], "fcs_path"] = str(odd / "a.fcs")
+    first = sheet.index[0]
+    shutil.copy(sheet.loc[first, "fcs_path"], odd / "a.fcs")
+    sheet.loc[first, "fcs_path"] = str(odd / "a.fcs")
     sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    done = subprocess.run([*cmd, TARGET], capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    counts = pd.read_csv(work / TARGET, sep="\t", dtype=str)
+    assert set(counts["sample_id"]) == set(sheet["sample_id"])
+    again = subprocess.run([*cmd, TARGET, "-n"], capture_output=True, text=True)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    (odd / "a.fcs").touch()
+    os.utime(odd / "a.fcs", ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = subprocess.run([*cmd, TARGET, "-n"], capture_output=True, text=True)
+    assert "gate_samples" in changed.stdout + changed.stderr
+
+
+def test_a_brace_in_the_configs_paths_is_named_not_a_wildcard_error(tmp_path, cohort):
+    import shutil
+
+    work, cmd, _ = _study(tmp_path, "brace_config", cohort)
+    odd = work / "gates{1}"
+    odd.mkdir()
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    shutil.copy(cfg["panels"]["T"], odd / "t_cell.yaml")
+    cfg["panels"]["T"] = str(odd / "t_cell.yaml")
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     done = subprocess.run([*cmd, "-n"], capture_output=True, text=True)
     said = done.stdout + done.stderr
     assert done.returncode != 0
     assert "WildcardError" not in said
-    assert f"SampleSheetError: sample {sheet['sample_id'].iloc[0]}" in said
-    assert "run{1}" in said and "rename the folder or file" in said
+    assert "ConfigError" in said and "'panels' path" in said and "gates{1}" in said

@@ -7,28 +7,22 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml")
 
 
-def _refuse_braces(sheet, df):
+def _refuse_braces(sheet):
     """Snakemake reads '{x}' in an input path as a wildcard and stops the whole run at
-    parse time; name the path instead (the sheet, a template or one sample's file)."""
-    from immuno.errors import SampleSheetError
+    parse time: name the config's path instead (the sheet or a template). An FCS path
+    with braces is read from the sheet and tracked by get_fcs_stamp()."""
+    from immuno.errors import ConfigError
 
-    hint = "Snakemake reads { } in a path as a wildcard: rename the folder or file"
     paths = [
-        ("samples", str(sheet), None),
-        *(("panels", p, None) for p in config["panels"].values()),
+        ("samples", str(sheet)),
+        *(("panels", p) for p in config["panels"].values()),
     ]
-    paths += [("fcs_path", p, sid) for sid, p in zip(df["sample_id"], df["fcs_path"])]
-    for field, path, sample in paths:
+    for field, path in paths:
         if "{" in path or "}" in path:
-            where = (
-                "the sample's FCS path" if sample else f"the config's '{field}' path"
-            )
-            raise SampleSheetError(
-                f"{where} {path!r} holds a brace",
-                file=str(sheet) if sample else None,
-                sample=sample,
+            raise ConfigError(
+                f"the config's {field!r} path {path!r} holds a brace",
                 field=field,
-                hint=hint,
+                hint="Snakemake reads { } in a path as a wildcard: rename the folder or file",
             )
 
 
@@ -51,7 +45,7 @@ def _load_samples():
         )
     try:
         df = load_sample_sheet(sheet, list(config["panels"]))
-        _refuse_braces(sheet, df)
+        _refuse_braces(sheet)
     except ImmunoError as exc:
         raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
     validate(df, "../schemas/samples.schema.yaml")
@@ -73,10 +67,30 @@ def get_templates():
     return list(config["panels"].values())
 
 
+def _braced(path):
+    return "{" in path or "}" in path
+
+
 def get_fcs_files():
     # Missing files are not inputs: check_inputs reports them per sample
-    # (results/failed_samples.tsv) and the other samples go on.
-    return sorted(p for p in samples["fcs_path"] if Path(p).is_file())
+    # (results/failed_samples.tsv) and the other samples go on. Nor is a path with
+    # braces (Snakemake reads them as wildcards): get_fcs_stamp() sees its changes.
+    return sorted(
+        p for p in samples["fcs_path"] if Path(p).is_file() and not _braced(p)
+    )
+
+
+def get_fcs_stamp():
+    """Path, size and modification time of the FCS files that cannot be inputs (braces
+    in their path), hashed: a param, so a changed file still reruns what reads it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(samples["fcs_path"]):
+        if _braced(p) and Path(p).is_file():
+            st = Path(p).stat()
+            digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def get_final_outputs():

@@ -39,6 +39,8 @@ rule gate_samples:
     resources:
         mem_mb=lambda wc, attempt: 2000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
+    params:
+        fcs_stamp=get_fcs_stamp(),
     script:
         "../scripts/gate_samples.py"
 

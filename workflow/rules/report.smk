@@ -19,6 +19,8 @@ rule write_provenance:
         "results/benchmarks/write_provenance.tsv"
     conda:
         "../../envs/immuno.yaml"
+    params:
+        fcs_stamp=get_fcs_stamp(),
     script:
         "../scripts/write_provenance.py"
 
@@ -81,6 +83,8 @@ rule export_flowjo:
         "../../envs/immuno.yaml"
     resources:
         mem_mb=lambda wc, attempt: 2000 * attempt,
+    params:
+        fcs_stamp=get_fcs_stamp(),
     script:
         "../scripts/export_flowjo.py"
 
@@ -104,6 +108,7 @@ rule export_anndata:
     resources:
         mem_mb=lambda wc, attempt: 1000 * attempt,
     params:
+        fcs_stamp=get_fcs_stamp(),
         max_events=config["export"]["max_events_per_sample"],
     script:
         "../scripts/export_anndata.py"
@@ -123,6 +128,7 @@ rule export_gated_fcs:
     conda:
         "../../envs/immuno.yaml"
     params:
+        fcs_stamp=get_fcs_stamp(),
         population=config["export"]["population"],
     script:
         "../scripts/export_gated_fcs.py"
