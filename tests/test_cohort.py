@@ -231,6 +231,14 @@ def test_a_sample_id_too_long_for_a_file_name_is_the_sheets_error(tmp_path):
     assert df["sample_id"].iloc[2] == ok
 
 
+def test_blank_and_tab_only_lines_are_counted_as_pandas_reads_them(tmp_path):
+    sheet = _write_sheet(tmp_path, GOOD_ROWS)
+    sheet.write_text(sheet.read_text() + "\n   \n")  # blank lines: skipped, as pandas does
+    assert list(load_sample_sheet(sheet)["sample_id"]) == ["S1", "S2", "S3"]
+    sheet.write_text(sheet.read_text() + "\t\t\t\t\t\n")  # a row of empty cells
+    assert "empty sample_id on line" in _sheet_error(sheet).message
+
+
 def test_a_whole_field_in_quotes_is_read_as_its_text(tmp_path):
     df = load_sample_sheet(_write_sheet(tmp_path, _with(GOOD_ROWS, 1, "dose_group", '"30 mg"')))
     assert list(df["sample_id"]) == ["S1", "S2", "S3"]

@@ -58,7 +58,8 @@ def _check_row_count(path: Path, parsed: int) -> None:
     """Every non-blank line below the header is one sample: a double quote that opens a
     quoted field across tabs or lines would join rows (or split one) without a word."""
     lines = path.read_text(encoding="utf-8-sig").splitlines()
-    rows = [i for i, line in enumerate(lines[1:], start=2) if line.strip()]
+    # pandas skips empty and space-only lines; a line of tabs is a row (of empty cells).
+    rows = [i for i, line in enumerate(lines[1:], start=2) if line.strip(" ")]
     if len(rows) == parsed:
         return
     quoted = next((i for i in rows if '"' in lines[i - 1]), None)
