@@ -1196,6 +1196,10 @@ def _template_yaml(raw: bytes, src: str):
         return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise GatingFileError(f"not valid YAML: {exc}", file=src) from None
+    except RecursionError:  # a chain of aliases, each inside the next, nests without end
+        raise GatingFileError(
+            "template aliases nest too deep", file=src, hint="write it out without aliases"
+        ) from None
 
 
 def _expanded_nodes(root, src: str) -> int:
