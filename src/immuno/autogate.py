@@ -22,6 +22,7 @@ passes, samples in parallel) and :func:`strategy_for_file` (one file).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ from .gate import (
     ellipse_problem,
 )
 from .panel import Panel
+from .util import special_file
 
 __all__ = [
     "Template",
@@ -1169,60 +1171,64 @@ TEMPLATE_MAX_NODES = 200_000
 
 def _template_yaml(raw: bytes, src: str):
     """The YAML document of a template, within :data:`TEMPLATE_MAX_BYTES`,
-    :data:`TEMPLATE_MAX_DEPTH` and :data:`TEMPLATE_MAX_NODES`; checked on the event
-    stream and the node graph before any object is built."""
+    :data:`TEMPLATE_MAX_DEPTH` and :data:`TEMPLATE_MAX_NODES`: parsed once into a node
+    graph, which is checked before any object is built from it."""
     import yaml
 
-    hint = "see gates/README.md"
     if len(raw) > TEMPLATE_MAX_BYTES:
         raise GatingFileError(
-            f"template is {len(raw):,} bytes, more than {TEMPLATE_MAX_BYTES:,}", file=src, hint=hint
+            f"template is {len(raw):,} bytes, more than {TEMPLATE_MAX_BYTES:,}",
+            file=src,
+            hint="see gates/README.md",
         )
+    loader = yaml.SafeLoader(raw)
     try:
-        depth = 0
-        for event in yaml.parse(raw, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > TEMPLATE_MAX_DEPTH:
-                    raise GatingFileError(
-                        f"template nests deeper than {TEMPLATE_MAX_DEPTH} levels",
-                        file=src,
-                        hint=hint,
-                    )
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-        root = yaml.compose(raw, Loader=yaml.SafeLoader)
-        _expanded_nodes(root, src)
-        return yaml.safe_load(raw)
+        try:
+            root = loader.get_single_node()
+        except RecursionError:  # the composer recurses once per level of nesting
+            raise _too_deep(src) from None
+        if root is None:
+            return None
+        _check_node_graph(root, src)
+        return loader.construct_document(root)
     except yaml.YAMLError as exc:
         raise GatingFileError(f"not valid YAML: {exc}", file=src) from None
-    except RecursionError:  # a chain of aliases, each inside the next, nests without end
-        raise GatingFileError(
-            "template aliases nest too deep", file=src, hint="write it out without aliases"
-        ) from None
+    finally:
+        loader.dispose()
 
 
-def _expanded_nodes(root, src: str) -> int:
-    """Nodes of a composed YAML graph with every alias expanded, counted without
-    expanding (a shared node is counted once per reference); over
-    :data:`TEMPLATE_MAX_NODES`, or an alias inside its own anchor, is an error."""
+def _too_deep(src: str) -> GatingFileError:
+    return GatingFileError(
+        f"template nests deeper than {TEMPLATE_MAX_DEPTH} levels",
+        file=src,
+        hint="see gates/README.md",
+    )
+
+
+def _check_node_graph(root, src: str) -> None:
+    """Refuse a composed YAML graph nested deeper than :data:`TEMPLATE_MAX_DEPTH` (as
+    written) or holding more than :data:`TEMPLATE_MAX_NODES` nodes once every alias is
+    expanded. Counted without expanding (a shared node is sized once and counted per
+    reference); an alias inside its own anchor is an error."""
     import yaml
 
     sizes: dict[int, int] = {}
     open_: set[int] = set()
 
-    def size(node) -> int:
+    def size(node, depth: int) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
         if key in open_:
             raise GatingFileError("template has an alias inside its own anchor", file=src)
+        if depth > TEMPLATE_MAX_DEPTH:
+            raise _too_deep(src)
         open_.add(key)
         n = 1
         if isinstance(node, yaml.SequenceNode):
-            n += sum(size(child) for child in node.value)
+            n += sum(size(child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
-            n += sum(size(k) + size(v) for k, v in node.value)
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
         open_.discard(key)
         sizes[key] = n
         if n > TEMPLATE_MAX_NODES:
@@ -1234,21 +1240,27 @@ def _expanded_nodes(root, src: str) -> int:
             )
         return n
 
-    return size(root) if root is not None else 0
+    size(root, 0)
 
 
-def _validate_template(doc, src: str) -> None:
-    """Structure and size limits of ``data/template.schema.json`` (jsonschema), before any
-    semantic check: the first violation as a :class:`GatingFileError` naming its field."""
+@functools.lru_cache(maxsize=1)
+def _template_validator():
+    """The compiled validator of ``data/template.schema.json`` (read once per process)."""
     import json
     from importlib.resources import files
 
     import jsonschema
 
     schema = json.loads(files("immuno").joinpath("data/template.schema.json").read_text())
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(doc)
-    )
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _validate_template(doc, src: str) -> None:
+    """Structure and size limits of ``data/template.schema.json`` (jsonschema), before any
+    semantic check: the first violation as a :class:`GatingFileError` naming its field."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_template_validator().iter_errors(doc))
     if error is None:
         return
     parts: list[str] = []
@@ -1284,8 +1296,9 @@ def load_template(path: str | Path) -> Template:
     path = Path(path)
     src = str(path)
     try:
-        if not path.is_file() and path.exists():
-            raise GatingFileError("template is not a regular file", file=src)
+        special = special_file(path)
+        if special:
+            raise GatingFileError(f"template is {special}, not a regular file", file=src)
         raw = path.read_bytes()
     except OSError as exc:
         raise GatingFileError(f"cannot read template: {exc.strerror}", file=src) from None

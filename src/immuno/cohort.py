@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, FCSError, ImmunoError, SampleSheetError
-from .util import write_tsv
+from .util import special_file, write_tsv
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -101,9 +101,10 @@ def load_sample_sheet(
             file=src,
             hint="set 'samples:' in the config to your sheet (TSV)",
         )
-    if not path.is_file():  # a folder, or a FIFO, which reading would wait on for ever
+    kind = special_file(path)
+    if kind:  # a folder, or a FIFO, which reading would wait on for ever
         raise SampleSheetError(
-            "sample sheet is not a regular file",
+            f"sample sheet is {kind}, not a regular file",
             file=src,
             hint="set 'samples:' in the config to your sheet (TSV)",
         )

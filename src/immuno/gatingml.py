@@ -62,7 +62,7 @@ from .gate import (
     ellipse_problem,
 )
 from .transform import Asinh, Hyperlog, Linear, Log, Logicle, Ratio, Transform
-from .util import atomic_path
+from .util import atomic_path, special_file
 
 __all__ = [
     "GATING_NS",
@@ -102,8 +102,9 @@ def parse_xml(path: str | os.PathLike, *, kind: str = "Gating-ML") -> ET.Element
 
     path = str(path)
     try:
-        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block for ever
-            raise GatingFileError(f"the {kind} file is not a regular file", file=path)
+        special = special_file(path)
+        if special:
+            raise GatingFileError(f"the {kind} file is {special}, not a regular file", file=path)
         root = DET.parse(
             path, forbid_dtd=False, forbid_entities=True, forbid_external=True
         ).getroot()

@@ -59,7 +59,6 @@ import math
 import mmap
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -67,6 +66,7 @@ from typing import TextIO
 import numpy as np
 
 from .errors import FCSError, ImmunoError
+from .util import special_file
 
 __all__ = ["FCSData", "read_fcs", "read_text", "parse_spillover", "inspect_files"]
 
@@ -462,25 +462,11 @@ def _decode(b: bytes) -> str:
         return b.decode("latin-1")
 
 
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, from its ``st_mode`` (``None`` for a regular file)."""
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
 def _open(path: Path):
     """Open a regular file for reading; anything else is refused before it is opened
     (opening a FIFO would wait for a writer for ever)."""
     try:
-        kind = _kind(os.stat(path).st_mode)
+        kind = special_file(path)
         if kind is not None:
             raise FCSError(
                 f"is {kind}, not an FCS file",

@@ -6,11 +6,12 @@ import contextlib
 import glob
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TEXT_COLUMNS", "atomic_path", "read_tsv", "write_tsv", "sha256_file"]
+__all__ = ["TEXT_COLUMNS", "atomic_path", "read_tsv", "special_file", "write_tsv", "sha256_file"]
 
 #: Columns of the tables the workflow writes that hold text whatever they look like: an id
 #: ``0001`` or ``1e3`` stays that string and ``NA`` stays ``NA`` (a patient or sample may be
@@ -83,6 +84,28 @@ def read_tsv(path: str | os.PathLike, **kwargs):
     options = {"sep": "\t", "keep_default_na": False, "dtype": dict.fromkeys(TEXT_COLUMNS, str)}
     options.update(kwargs)
     return pd.read_csv(path, **options)
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is no regular file (``"a directory"``, ``"a named
+    pipe (FIFO)"``, ...), so a reader can refuse it before opening it (opening a FIFO waits
+    for a writer for ever); ``None`` for a regular file or for nothing there. A path that
+    cannot be looked at (a symlink loop, a name too long) raises :class:`OSError`."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    for test, name in (
+        (stat.S_ISREG, None),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
