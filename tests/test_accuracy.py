@@ -119,21 +119,22 @@ def test_p90_error_meets_the_floor(scored, profile, pop):
 
 
 # Measured (p90, percentage points, with ~25% headroom), not yet the floors: pinned so
-# that they cannot get worse unnoticed. Measured: fortessa cd3 1.53, naive_b 2.04, treg 2.29;
-# canto_export cd19 1.03, cd3 1.63, naive_b 2.03, treg 2.74; log1024 cd8 1.03, cd19 1.23,
-# cd3 1.97, naive_b 4.90, treg 3.26.
+# that they cannot get worse unnoticed. Measured: fortessa cd3 1.53, naive_b 3.30, treg 2.29;
+# canto_export cd19 1.03, cd3 1.63, naive_b 1.49, treg 2.74; log1024 cd8 1.03, cd19 1.23,
+# cd3 1.97, naive_b 4.30, treg 3.26 (`benchmarks/accuracy_profiles.py --seed 2 --events 8000
+# --patients 8`).
 PINNED = {
     ("fortessa", "cd3"): 2.0,
-    ("fortessa", "naive_b"): 2.6,
+    ("fortessa", "naive_b"): 4.1,
     ("fortessa", "treg"): 2.9,
     ("canto_export", "cd19"): 1.3,
     ("canto_export", "cd3"): 2.0,
-    ("canto_export", "naive_b"): 2.5,
+    ("canto_export", "naive_b"): 1.9,
     ("canto_export", "treg"): 3.4,
     ("log1024", "cd8"): 1.3,
     ("log1024", "cd19"): 1.55,
     ("log1024", "cd3"): 2.5,
-    ("log1024", "naive_b"): 6.2,
+    ("log1024", "naive_b"): 5.4,
     ("log1024", "treg"): 4.1,
 }
 

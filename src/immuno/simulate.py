@@ -58,9 +58,10 @@ Harder biology (all profiles; every range is a uniform draw unless stated):
   high-SSC ``granulocyte`` population, 0-10% of the cells at each visit (both tubes
   of a visit share it); it is not a lymphocyte.
 * Shoulders: in ``SHOULDER_PATIENT_SHARE`` (30%) of the patients naive B cells
-  are IgD-dim and IgD- memory B cells IgD-low, so IgD on CD19+ cells is one peak
-  with a shoulder (naive B are ~85-90% of CD19 after month 3), and 20% of the
-  conventional CD4 T cells are CD4-dim.
+  are IgD-dim and IgD- memory and double-negative B cells IgD-low (at
+  ``SHOULDER_IGD_LOW_RATIO``, 0.12-0.30 x the naive level, per patient), so IgD on
+  CD19+ cells is one peak with a shoulder (naive B are ~85-90% of CD19 after
+  month 3), and 20% of the conventional CD4 T cells are CD4-dim.
 * Per file, each marker's positive intensity is scaled by
   ``MARKER_SCALE_RANGE`` (0.55-1.6) and FSC and SSC by ``SCATTER_SCALE_RANGE``
   (0.75-1.3); per file and detector the electronic noise by ``NOISE_FILE_RANGE``
@@ -159,6 +160,11 @@ LDG_PATIENT_SHARE = 0.40  # patients with low-density granulocytes in their PBMC
 LDG_SHARE_RANGE = (0.0, 0.10)  # granulocytes as a share of cells, per visit
 SHOULDER_PATIENT_SHARE = 0.30  # patients with IgD (B) and CD4-dim (T) shoulders
 CD4_DIM_SHARE = 0.20  # share of conventional CD4 T cells that are CD4-dim
+# In shoulder patients the IgD- memory and double-negative B cells are IgD-low: their IgD
+# median is this share of the naive B cells' (drawn per patient, log-uniform), so Ashman's D
+# between the two is ~2-3 in logicle units: a shoulder on the naive peak that an eye (and a
+# two-Gaussian fit) can place, from a faint one to one near a valley.
+SHOULDER_IGD_LOW_RATIO = (0.12, 0.30)
 
 # Acquisition time and clogs.
 DURATION_RANGE = (60.0, 150.0)  # s of steady acquisition per file
@@ -840,6 +846,8 @@ def _patient_effects(seed: int, p: int) -> dict:
     eff["strong_depletion"] = bool(rng.random() < STRONG_DEPLETION_SHARE)
     eff["ldg"] = bool(rng.random() < LDG_PATIENT_SHARE)
     eff["shoulder"] = bool(rng.random() < SHOULDER_PATIENT_SHARE)
+    lo, hi = np.log(SHOULDER_IGD_LOW_RATIO)
+    eff["igd_low_ratio"] = float(np.exp(rng.uniform(lo, hi)))
     return eff
 
 
@@ -911,8 +919,11 @@ def _cell_abundance(panel: str, visit: dict[str, float]) -> dict[str, float]:
 _Subsets = list[tuple[float, dict[str, tuple[float, float]]]]
 
 
-def _phenotypes(panel: str, v: int, shoulder: bool = False) -> dict[str, _Subsets]:
-    """Subsets per cell type; ``shoulder`` gives the IgD and CD4-dim shoulders."""
+def _phenotypes(
+    panel: str, v: int, shoulder: bool = False, igd_low_ratio: float = 0.2
+) -> dict[str, _Subsets]:
+    """Subsets per cell type; ``shoulder`` gives the IgD and CD4-dim shoulders, with the
+    IgD-low B cells at ``igd_low_ratio`` x the naive B cells' IgD (true intensity)."""
     naive_t = NAIVE_T_SHARE[v]
     if panel == "T":
         cd3 = {"CD3": (8000.0, 0.45)}
@@ -958,7 +969,7 @@ def _phenotypes(panel: str, v: int, shoulder: bool = False) -> dict[str, _Subset
     memory = {**cd19, "CD24": (5000.0, 0.45), "CD38": (400.0, 0.6)}
     if shoulder:  # IgD-dim naive and IgD-low memory: one IgD peak with a shoulder
         igd_naive, igd_trans, igd_unsw = (1500.0, 0.5), (1800.0, 0.5), (1500.0, 0.5)
-        igd_neg: dict[str, tuple[float, float]] = {"IgD": (700.0, 0.5)}
+        igd_neg: dict[str, tuple[float, float]] = {"IgD": (1500.0 * igd_low_ratio, 0.5)}
     else:
         igd_naive, igd_trans, igd_unsw = (4000.0, 0.5), (5000.0, 0.5), (3000.0, 0.5)
         igd_neg = {}
@@ -1014,9 +1025,15 @@ class _Tables:
     af: np.ndarray  # (n_types,) autofluorescence factor
 
 
-def _tables(panel: str, v: int, marker_scale: np.ndarray, shoulder: bool = False) -> _Tables:
+def _tables(
+    panel: str,
+    v: int,
+    marker_scale: np.ndarray,
+    shoulder: bool = False,
+    igd_low_ratio: float = 0.2,
+) -> _Tables:
     markers = PANEL_MARKERS[panel]
-    pheno = _phenotypes(panel, v, shoulder)
+    pheno = _phenotypes(panel, v, shoulder, igd_low_ratio)
     types = PANEL_TYPES[panel]
     rows_med, rows_sig, rows_pos, first, n_sub = [], [], [], [], []
     max_sub = max(len(pheno[t]) for t in types)
@@ -1157,7 +1174,13 @@ def _simulate_events(rng, design: _Design, panel: str, v: int, visit, patient, *
     n_types = len(PANEL_TYPES[panel])
     marker_scale = rng.uniform(*MARKER_SCALE_RANGE, size=7)
     fsc_scale, ssc_scale = rng.uniform(*SCATTER_SCALE_RANGE, size=2)
-    tab = _tables(panel, v, marker_scale, shoulder=bool(patient["shoulder"]))
+    tab = _tables(
+        panel,
+        v,
+        marker_scale,
+        shoulder=bool(patient["shoulder"]),
+        igd_low_ratio=float(patient["igd_low_ratio"]),
+    )
     n_debris, n_doublet, n_dead, n_live, prob, p_dead = _composition(
         rng, panel, v, n_events, visit, bool(patient["strong_depletion"])
     )
@@ -1589,8 +1612,9 @@ and DP T {DP_PCT_OF_T:g}% of T cells):
   in the B tube, marker-negative and autofluorescent in the T tube).
 - **Shoulders**: in patients with shoulders (probability {SHOULDER_PATIENT_SHARE:.0%};
   here {flagged("shoulder")}) naive B cells are IgD-dim
-  (~1,500) and IgD- memory/double-negative B cells IgD-low (~700), so IgD on CD19+
-  cells is one peak with a shoulder; {CD4_DIM_SHARE:.0%} of their conventional CD4 T
+  (~1,500) and IgD- memory/double-negative B cells IgD-low
+  ({SHOULDER_IGD_LOW_RATIO[0]:g}-{SHOULDER_IGD_LOW_RATIO[1]:g} x the naive level per patient), so
+  IgD on CD19+ cells is one peak with a shoulder; {CD4_DIM_SHARE:.0%} of their conventional CD4 T
   cells are CD4-dim (~2,500 vs ~6,000). Labels stay exact.
 - Per file, each marker's positive intensity x {MARKER_SCALE_RANGE[0]:g}-{MARKER_SCALE_RANGE[1]:g},
   FSC and SSC x {SCATTER_SCALE_RANGE[0]:g}-{SCATTER_SCALE_RANGE[1]:g}, each detector's
