@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 
-.PHONY: setup demo test lint report clean
+.PHONY: setup browser demo test lint report clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,10 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
 	$(BIN)/snakemake --cores 1 --profile profiles/default --report results/report.html
 
-test: setup
+browser:
+	sh scripts/install-browser.sh
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -138,7 +138,9 @@ def test_ids_that_look_like_numbers_keep_their_results(tmp_path, cohort):
     counts = pd.read_csv(results / "counts.tsv", sep="\t", dtype=str)
     assert set(counts["sample_id"]) == set(sheet["sample_id"])
     assert set(counts["patient_id"]) == {"001", "002", "003"}
-    assert {p.stem for p in (results / "review").glob("*.png")} == set(sheet["sample_id"])
+    assert {p.stem for p in (results / "review" / "figures").glob("*.png")} == set(
+        sheet["sample_id"]
+    )
     paired = pd.read_csv(results / "stats" / "paired_pooled.tsv", sep="\t")
     assert (paired["n_pairs"] == 3).all(), paired[["population", "n_pairs"]]
 

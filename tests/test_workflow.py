@@ -67,6 +67,16 @@ def _read(path):
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
 
 
+def _review_data(review: Path) -> dict:
+    """The data the review page holds inline."""
+    import json
+    import re
+
+    page = (review / "index.html").read_text()
+    blob = re.search(r'<script id="review-data" type="application/json">(.*?)</script>', page, re.S)
+    return json.loads(blob.group(1))
+
+
 def test_outputs_exist_and_follow_the_contract(demo_run):
     work, _ = demo_run
     res = work / "results"
@@ -112,7 +122,9 @@ def test_review_figure_for_every_sample_and_exported_gates_reproduce_counts(demo
     work, _ = demo_run
     sheet = _read(work / "demo" / "study.tsv")
     review = work / "results" / "review"
-    assert {p.stem for p in review.glob("*.png")} == set(sheet["sample_id"])
+    assert {p.stem for p in (review / "figures").glob("*.png")} == set(sheet["sample_id"])
+    assert {p.stem for p in (review / "thumbs").glob("*.png")} == set(sheet["sample_id"])
+    assert {r["id"] for r in _review_data(review)["samples"]} == set(sheet["sample_id"])
     counts = _read(work / "results" / "counts.tsv")
     for row in sheet.head(12).itertuples():
         strategy = load_gatingml(work / "results" / "gates" / f"{row.sample_id}.xml")
@@ -169,3 +181,96 @@ def test_rerun_has_nothing_to_do_and_report_builds(demo_run):
     _snakemake(work, "--report", str(work / "results" / "report.html"))
     html = (work / "results" / "report.html").read_text(errors="replace")
     assert "reconstitution.png" in html
+
+
+CHROMIUM = Path(os.environ.get("IMMUNO_CHROMIUM", "/usr/bin/chromium"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, driven by playwright (nothing downloads a browser;
+    ``make test`` installs chromium with ``scripts/install-browser.sh``)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run scripts/install-browser.sh"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def test_review_page_in_a_browser_from_the_report_in_two_clicks(demo_run, browser):
+    """A reviewer opens the report, follows its link to the review page (click 1), which
+    opens on the flagged samples, and opens a flagged sample (click 2): every gate large,
+    the flag beside its count. Filters, sorting and the keyboard work; nothing errs."""
+    from immuno.review import write_review_page
+
+    work, _ = demo_run
+    results = work / "results"
+    _snakemake(work, "--report", str(results / "report.html"))
+    review = results / "review"
+    data = _review_data(review)
+    if not any(g[3] for s in data["samples"] for g in s["gates"]):
+        # This small run may have no flag at all: flag one gate so the filter has work.
+        data["samples"][3]["gates"][4][3] = "crowded_cluster(90%)"
+        write_review_page(data["samples"], review / "index.html")
+    flagged = {s["id"] for s in data["samples"] if any(g[3] for g in s["gates"])}
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((results / "report.html").as_uri())
+    link = page.locator("a[href*='review/index.html']").first
+    link.wait_for(timeout=30000)
+    with page.context.expect_page() if link.get_attribute("target") == "_blank" else _same(page):
+        link.click()  # click 1
+    page = page.context.pages[-1]
+    page.wait_for_selector(".cell")
+    assert page.is_checked("#flagged")
+    cells = page.locator(".cell")
+    assert cells.count() >= 1
+    assert {cells.nth(i).get_attribute("data-sample") for i in range(cells.count())} <= flagged
+    cells.first.click()  # click 2
+    page.wait_for_function("document.getElementById('figure').naturalWidth > 0")
+    sid = page.url.split("#sample=")[1]
+    assert sid in flagged
+    assert page.locator("#sample tr.flag").count() >= 1
+    # Back with Esc; every sample of the gate without the filter; sorted by value.
+    page.keyboard.press("Escape")
+    page.uncheck("#flagged")
+    gate = page.eval_on_selector("#gate", "e => e.value")
+    panel, population = gate.split("/")
+    expected = [s for s in data["samples"] if s["panel"] == panel]
+    assert page.locator(".cell").count() == len(expected)
+    page.select_option("#sort", "value")
+    values = [
+        next(g[2] for g in s["gates"] if g[0] == population)
+        for s in sorted(expected, key=lambda s: s["id"])
+    ]
+    shown = page.locator(".cell .cap b").all_inner_texts()
+    by_id = {s["id"]: next(g[2] for g in s["gates"] if g[0] == population) for s in expected}
+    assert [by_id[i] for i in shown] == sorted(values, key=lambda v: -1 if v is None else v)
+    # Thumbnails are real images (lazily loaded: the first rows at least).
+    page.wait_for_function(
+        "[...document.querySelectorAll('.thumb img')].slice(0, 4).every(i => i.naturalWidth > 0)"
+    )
+    # Keyboard: focus the first cell, Enter opens it, the right arrow moves to the next.
+    page.locator(".cell").first.focus()
+    page.keyboard.press("Enter")
+    assert page.url.split("#sample=")[1] == shown[0]
+    page.keyboard.press("ArrowRight")
+    assert page.url.split("#sample=")[1] == shown[1]
+    assert errors == []
+
+
+class _same:
+    """A no-op stand-in for ``expect_page`` when a link opens in the same tab."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.page.wait_for_load_state()
+        return False

@@ -463,12 +463,15 @@ def load_templates(panels: dict[str, str]) -> dict:
 _REVIEWER = None
 
 
-def _review_one(args) -> str | None:
+def _review_one(args) -> tuple[str, list[str] | None]:
+    """Draw one sample's review figure and thumbnails: ``(sample_id, gate ids)``, or
+    ``(sample_id, None)`` when it could not be drawn (logged)."""
     global _REVIEWER
-    sample_id, fcs_path, gates_path, flags, out = args
+    sample_id, fcs_path, gates_path, flags, outdir = args
     from .gatingml import load_gatingml
-    from .plot import GateReviewer, save_figure
+    from .plot import GateReviewer
     from .read import read_fcs
+    from .review import save_review_images
 
     try:
         strategy = load_gatingml(gates_path)
@@ -477,11 +480,13 @@ def _review_one(args) -> str | None:
         if _REVIEWER is None:
             _REVIEWER = GateReviewer()
         fig = _REVIEWER.figure(fcs, strategy, masks, title=sample_id, flags=flags)
-        save_figure(fig, out, dpi=72, tight=False)
+        gates = save_review_images(
+            fig, outdir / "figures" / f"{sample_id}.png", outdir / "thumbs" / f"{sample_id}.png"
+        )
     except ImmunoError as exc:
         log.warning("no review figure for %s: %s", sample_id, exc)
-        return sample_id
-    return None
+        return sample_id, None
+    return sample_id, gates
 
 
 def review_cohort(
@@ -492,16 +497,22 @@ def review_cohort(
     *,
     workers: int = 1,
 ) -> list[str]:
-    """Draw the gate review figure of every gated sample: ``outdir/<sample_id>.png``.
+    """Draw every gated sample's review figure and write the review page.
 
-    The gates come from each sample's exported Gating-ML file (so the figure shows
-    exactly what a reviewer can re-apply), flags from the counts table. Returns the
-    sample ids that could not be drawn.
+    Writes ``outdir/figures/<sample_id>.png`` (every gate, large),
+    ``outdir/thumbs/<sample_id>.png`` (one thumbnail per gate) and
+    ``outdir/index.html`` (:func:`immuno.review.write_review_page`). The gates come
+    from each sample's exported Gating-ML file (so the figure shows exactly what a
+    reviewer can re-apply), flags from the counts table. Returns the sample ids that
+    could not be drawn.
     """
     from concurrent.futures import ProcessPoolExecutor
 
+    from .review import review_records, write_review_page
+
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    for sub in ("figures", "thumbs"):
+        (outdir / sub).mkdir(parents=True, exist_ok=True)
     counts = counts.astype({"sample_id": str})
     flags = {
         sid: dict(zip(g["population"], g["qc_flag"].fillna(""), strict=True))
@@ -512,17 +523,13 @@ def review_cohort(
         gates = Path(gates_dir) / f"{row.sample_id}.xml"
         if gates.exists():
             jobs.append(
-                (
-                    row.sample_id,
-                    row.fcs_path,
-                    gates,
-                    flags.get(str(row.sample_id), {}),
-                    outdir / f"{row.sample_id}.png",
-                )
+                (row.sample_id, row.fcs_path, gates, flags.get(str(row.sample_id), {}), outdir)
             )
     if workers <= 1:
-        failed = [_review_one(j) for j in jobs]
+        drawn = [_review_one(j) for j in jobs]
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            failed = list(ex.map(_review_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-    return [f for f in failed if f]
+            drawn = list(ex.map(_review_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    order = {sid: gates for sid, gates in drawn if gates is not None}
+    write_review_page(review_records(counts, order), outdir / "index.html")
+    return [sid for sid, gates in drawn if gates is None]

@@ -51,6 +51,9 @@ __all__ = [
     "save_figure",
     "gate_review_figure",
     "GateReviewer",
+    "data_ticks",
+    "REVIEW_DPI",
+    "REVIEW_FONT_PT",
     "cohort_qc_figure",
 ]
 
@@ -558,12 +561,20 @@ def reconstitution_figure(
     return fig
 
 
+def palette_image(image, colors: int):
+    """A Pillow RGB image reduced to a palette of ``colors`` colours (fast octree)."""
+    from PIL import Image
+
+    return image.quantize(colors=colors, method=Image.Quantize.FASTOCTREE)
+
+
 def save_figure(
     fig: Figure,
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     dpi: int = 300,
     tight: bool = True,
+    palette: int | None = None,
 ) -> list[Path]:
     """Write ``fig`` to each path atomically (temp file + ``os.replace``), then close it.
 
@@ -577,6 +588,10 @@ def save_figure(
     tight
         Crop to the drawn content (``bbox_inches="tight"``, 0.05 in padding). Costs a
         second layout pass; a figure whose margins are set (review figures) skips it.
+    palette
+        Write a PNG with a palette of this many colours (e.g. 256: a QC figure of
+        scatter points at a third of the size, without visible loss); PDF and SVG stay
+        vector.
 
     Returns
     -------
@@ -605,6 +620,12 @@ def save_figure(
                     bbox_inches="tight" if tight else None,
                     pad_inches=0.05,
                 )
+                if palette and fmt == "png":
+                    from PIL import Image
+
+                    with Image.open(tmp) as im:
+                        rgb = im.convert("RGB")
+                    palette_image(rgb, palette).save(tmp, format="PNG", dpi=(dpi, dpi))
     finally:
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
@@ -614,9 +635,21 @@ def save_figure(
 # ---------------------------------------------------------------------------- gate review
 
 
+#: Review figures: resolution (dots per inch) and the smallest text (points).
+REVIEW_DPI = 150
+REVIEW_FONT_PT = 8.0
+_GATE_COLOR = "#1A1A1A"  # an accepted gate: black, as FlowJo draws them
+_FLAG_COLOR = "#D00000"  # a gate whose population carries a review flag
+_SPARSE_BIN = 2  # 2-D bins with at most this many events show their events as dots
+_DOTS_BELOW = 2000  # parents with fewer events are drawn as dots only
+
+
 def _dim_label(dim, names: dict[str, str]) -> str:
+    """``marker (channel)``, or the channel alone when it has no marker name."""
     base = names.get(dim.channel, dim.channel)
-    return f"{base} ({dim.transform})" if dim.transform else base
+    if dim.ratio:
+        return f"{base} (ratio)"
+    return base if base == dim.channel else f"{base} ({dim.channel})"
 
 
 def _limits(v: np.ndarray) -> tuple[float, float]:
@@ -628,39 +661,155 @@ def _limits(v: np.ndarray) -> tuple[float, float]:
     return float(lo - pad), float(hi + pad)
 
 
-def _draw_gate(ax, gate, xlim, ylim, color: str = "#D55E00") -> list:
-    """Draw ``gate`` on ``ax`` in its own space; return the artists added.
+_SUPERSCRIPT = str.maketrans(
+    "-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079"
+)
+
+
+def _linear_label(v: float) -> str:
+    """A data value for a linear axis: ``0``, ``500``, ``50k``, ``1.2M``."""
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def data_ticks(transform, lo: float, hi: float) -> tuple[list, list, list]:
+    """Ticks of an axis drawn in a transform's scale, labelled in the data's own units.
+
+    ``lo``/``hi`` are the axis limits in gate space (the transform's scale; raw channel
+    units when ``transform`` is None). A linear scale gets 4-6 round data values; a
+    logarithmic-like one (logicle, arcsinh, log, biexponential) gets its decades
+    (``0``, ``10^k`` and, below zero, ``-10^k``), as FlowJo labels such axes, with minor
+    ticks at 2-9 x each decade. Returns ``(major positions, labels, minor positions)``,
+    positions in gate space; labels that would overlap are dropped.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from .transform import Linear
+
+    def to_data(y):
+        return np.asarray(y, dtype=float) if transform is None else transform.inverse(y)
+
+    def to_gate(x):
+        x = np.asarray(x, dtype=float)
+        return x if transform is None else transform.apply(x)
+
+    dlo, dhi = (float(v) for v in to_data([lo, hi]))
+    if not (np.isfinite(dlo) and np.isfinite(dhi)) or dhi <= dlo:
+        return [], [], []
+    if transform is None or isinstance(transform, Linear) or getattr(transform, "n_inputs", 1) > 1:
+        values = [v for v in MaxNLocator(nbins=5).tick_values(dlo, dhi) if dlo <= v <= dhi]
+        pos = [float(to_gate(v)) for v in values]
+        return pos, [_linear_label(v) for v in values], []
+    majors: list[tuple[float, str]] = []
+    minors: list[float] = []
+    if dlo <= 0.0 <= dhi:
+        majors.append((0.0, "0"))
+    for k in range(0, 10):
+        for sign in (1.0, -1.0):
+            v = sign * 10.0**k
+            if k >= 1 and dlo <= v <= dhi:
+                label = ("-" if sign < 0 else "") + "10" + str(k).translate(_SUPERSCRIPT)
+                majors.append((v, label))
+            for m in range(2, 10):
+                w = sign * m * 10.0**k
+                if dlo <= w <= dhi:
+                    minors.append(w)
+    majors.sort()
+    pos = [float(to_gate(v)) for v, _ in majors]
+    labels = [lab for _, lab in majors]
+    # Decades crowd near zero on a logicle axis: keep labels at least 7% of the axis apart,
+    # zero and the positive decades first.
+    keep: list[int] = []
+    order = sorted(range(len(pos)), key=lambda i: (majors[i][0] < 0, abs(majors[i][0])))
+    for i in order:
+        if all(abs(pos[i] - pos[j]) >= 0.07 * (hi - lo) for j in keep):
+            keep.append(i)
+    keep.sort()
+    return (
+        [pos[i] for i in keep],
+        [labels[i] for i in keep],
+        [float(v) for v in to_gate(minors)] if minors else [],
+    )
+
+
+def _set_ticks(ax, axis: str, transform, lim: tuple[float, float]) -> None:
+    major, labels, minor = data_ticks(transform, *lim)
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_ticks(major, labels)
+    target.set_ticks(minor, minor=True)
+
+
+def _kept_box(gate, xlim, ylim) -> tuple[float, float, float, float] | None:
+    """A rectangle gate's kept region clipped to the axes: ``(x0, x1, y0, y1)``."""
+    mins, maxs = list(gate.mins), list(gate.maxs)
+
+    def side(j, lim):
+        lo = mins[j] if j < len(mins) and mins[j] is not None else -np.inf
+        hi = maxs[j] if j < len(maxs) and maxs[j] is not None else np.inf
+        return max(lo, lim[0]), min(hi, lim[1])
+
+    x0, x1 = side(0, xlim)
+    y0, y1 = side(1, ylim) if len(gate.dims) > 1 else ylim
+    if not (x1 > x0 and y1 > y0):
+        return None
+    return float(x0), float(x1), float(y0), float(y1)
+
+
+def _draw_gate(ax, gate, xlim, ylim, color: str = _GATE_COLOR) -> tuple[list, tuple]:
+    """Draw ``gate`` on ``ax`` in its own space, its kept region shaded.
 
     ``xlim``/``ylim`` are the axes' limits (data units): a rectangle's sides are
-    drawn across them. Artists are added without updating the axes' data limits
-    (the caller sets the limits), which keeps a reused figure cheap to redraw.
+    drawn across them. Returns the artists added and a point inside the kept region
+    (axes data units) for its label. Artists are added without updating the axes'
+    data limits (the caller sets the limits), which keeps a reused figure cheap.
     """
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Ellipse, Polygon
+    from matplotlib.patches import Ellipse, Polygon, Rectangle
 
     from .gate import EllipseGate, PolygonGate, RectangleGate
 
-    style = {"color": color, "lw": 1.2}
-    shapes = []
+    line = {"color": color, "lw": 1.4}
+    shade = {"facecolor": color, "alpha": 0.10, "edgecolor": "none"}
+    shapes: list = []
+    anchor = (float(np.mean(xlim)), float(np.mean(ylim)))
     if isinstance(gate, RectangleGate):
         for j, (lo, hi) in enumerate(zip(gate.mins, gate.maxs, strict=False)):
             for v in (lo, hi):
                 if v is None or not np.isfinite(v):
                     continue
                 xy = ([v, v], list(ylim)) if j == 0 else (list(xlim), [v, v])
-                shapes.append(Line2D(*xy, **style))
+                shapes.append(Line2D(*xy, **line))
+        box = _kept_box(gate, xlim, ylim)
+        if box is not None:
+            x0, x1, y0, y1 = box
+            shapes.insert(0, Rectangle((x0, y0), x1 - x0, y1 - y0, **shade))
+            anchor = (0.5 * (x0 + x1), y0 + 0.85 * (y1 - y0))
     elif isinstance(gate, PolygonGate):
-        shapes.append(Polygon(np.asarray(gate.vertices), closed=True, fill=False, ec=color, lw=1.2))
+        verts = np.asarray(gate.vertices, dtype=float)
+        shapes.append(Polygon(verts, closed=True, **shade))
+        shapes.append(Polygon(verts, closed=True, fill=False, ec=color, lw=1.4))
+        inside = verts[
+            (verts[:, 0] >= xlim[0])
+            & (verts[:, 0] <= xlim[1])
+            & (verts[:, 1] >= ylim[0])
+            & (verts[:, 1] <= ylim[1])
+        ]
+        if len(inside):
+            anchor = (float(inside[:, 0].mean()), float(inside[:, 1].max()))
     elif isinstance(gate, EllipseGate):
         vals, vecs = np.linalg.eigh(np.asarray(gate.covariance, dtype=float))
         width, height = 2 * np.sqrt(vals * gate.distance_square)
         angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
-        shapes.append(
-            Ellipse(
-                gate.mean, width=height, height=width, angle=angle, fill=False, ec=color, lw=1.2
-            )
-        )
-    return [ax.add_artist(a) for a in shapes]
+        geom = {"width": height, "height": width, "angle": angle}
+        shapes.append(Ellipse(gate.mean, **geom, **shade))
+        shapes.append(Ellipse(gate.mean, **geom, fill=False, ec=color, lw=1.4))
+        top = float(gate.mean[1]) + 0.5 * float(np.max([width, height]))
+        anchor = (float(gate.mean[0]), min(top, ylim[1]))
+    return [ax.add_artist(a) for a in shapes], anchor
 
 
 def gate_review_figure(
@@ -673,7 +822,7 @@ def gate_review_figure(
     max_events: int = 30000,
     names: dict[str, str] | None = None,
 ):
-    """One figure with every gate of one sample drawn over its parent's density.
+    """One figure with every gate of one sample drawn over its parent's events.
 
     Parameters
     ----------
@@ -684,15 +833,21 @@ def gate_review_figure(
     masks
         Memberships from ``strategy.apply(fcs)``.
     flags
-        Optional ``{population: qc_flag}``; flagged panels get a red title.
+        Optional ``{population: qc_flag}``; a flagged gate and its title are drawn in
+        red, with the reason.
     names
-        ``{channel ($PnN): label}`` for axis labels (default: ``$PnS`` where set).
+        ``{channel ($PnN): marker}`` for axis labels (default: ``$PnS`` where set).
 
     Each panel shows the parent's events (at most ``max_events``, a fixed
-    subsample) in the gate's own space: a 2-D histogram (log colour) for 2-D
-    gates, a histogram for 1-D gates; the gate in orange; the title gives the
-    population, its count and percent of parent. A new figure each call; to draw
-    many samples, :class:`GateReviewer` reuses one figure (several times faster).
+    subsample) in the gate's own space, with axes labelled ``marker (channel)`` and
+    ticked in the data's own units (decades on logarithmic-like scales,
+    :func:`data_ticks`): a 2-D density (log colour) whose sparse bins show their
+    events as dots (a parent of fewer than 2,000 events is drawn as dots only), or a
+    histogram with a rug of sparse events for 1-D gates; the gate in black with its
+    kept region shaded, labelled with the population, its count and percent of
+    parent. Meant to be saved at :data:`REVIEW_DPI`; no text is smaller than
+    :data:`REVIEW_FONT_PT`. A new figure each call; to draw many samples,
+    :class:`GateReviewer` reuses one figure (several times faster).
     """
     return GateReviewer(max_events=max_events).figure(
         fcs, strategy, masks, title=title, flags=flags, names=names, reuse=False
@@ -705,7 +860,7 @@ class GateReviewer:
     Building a figure of a dozen panels and laying out its text for the first
     time costs more than drawing the data. A reviewer keeps one figure per panel
     layout and, for each sample, replaces only what depends on the sample (the
-    density image or histogram, the gate, the limits, titles and labels), so
+    density image or histogram, the gate, the limits, ticks, titles and labels), so
     that fonts and layout are cached between samples. The figure returned by
     :meth:`figure` is valid until the next call; save it before drawing the next
     sample. Values are the gate-space values of the fast path's estimates
@@ -724,15 +879,19 @@ class GateReviewer:
         key = (nrow, ncol)
         if reuse and key in self._figures:
             return self._figures[key]
-        fig = Figure(figsize=(2.6 * ncol, 2.4 * nrow + 0.3))
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.9, wspace=0.35, hspace=0.55)
+        fig = Figure(figsize=(3.1 * ncol, 3.0 * nrow + 0.35))
+        fig.subplots_adjust(
+            left=0.09 / ncol**0.5,
+            right=0.985,
+            bottom=0.6 / (3.0 * nrow + 0.35),
+            top=1 - 0.75 / (3.0 * nrow + 0.35),
+            wspace=0.38,
+            hspace=0.62,
+        )
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
         for ax in axes:
-            ax.tick_params(labelsize=_SMALL_SIZE - 1)
-            ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
-            ax.xaxis.get_offset_text().set_fontsize(_SMALL_SIZE - 1)
-            ax.yaxis.get_offset_text().set_fontsize(_SMALL_SIZE - 1)
-            ax.locator_params(nbins=4)  # text dominates rendering time; 4 ticks suffice
+            ax.tick_params(labelsize=REVIEW_FONT_PT)
+            ax.tick_params(which="minor", length=2)
         entry = (fig, axes, [[] for _ in axes])
         if reuse:
             self._figures[key] = entry
@@ -750,8 +909,6 @@ class GateReviewer:
         reuse: bool = True,
     ):
         """The review figure of one sample (arguments as :func:`gate_review_figure`)."""
-        from matplotlib.patches import StepPatch
-
         from .gate import FAST_MIN_EVENTS, BooleanGate, EventSpace, FastEventSpace
 
         names = names or {c: (m or c) for c, m in zip(fcs.channels, fcs.markers, strict=True)}
@@ -767,66 +924,120 @@ class GateReviewer:
         else:
             space = EventSpace(fcs, strategy)
         rng = np.random.default_rng(0)
-        cmap = _density_cmap()
         for ax, artists, gate in zip(axes, drawn, gates, strict=False):
             ax.set_visible(True)
+            ax.set_gid(gate.id)
             parent = masks[gate.parent] if gate.parent else np.ones(fcs.n_events, dtype=bool)
             rows = np.flatnonzero(parent)
             if len(rows) > self.max_events:
                 rows = np.sort(rng.choice(rows, self.max_events, replace=False))
             vals = space.estimates(gate.dims, rows) if len(rows) else np.zeros((0, len(gate.dims)))
+            vals = vals[np.isfinite(vals).all(axis=1)]
             n, n_par = int(masks[gate.id].sum()), int(parent.sum())
             pct = 100.0 * n / n_par if n_par else float("nan")
-            xl, yl = (0.0, 1.0), (0.0, 1.0)
-            if vals.shape[1] >= 2 and len(vals):
-                xl, yl = _limits(vals[:, 0]), _limits(vals[:, 1])
-                h, _, _ = np.histogram2d(vals[:, 0], vals[:, 1], bins=96, range=[xl, yl])
-                img = np.ma.masked_equal(np.log1p(h.T), 0)
-                artists.append(
-                    ax.imshow(
-                        img,
-                        origin="lower",
-                        extent=(*xl, *yl),
-                        aspect="auto",
-                        cmap=cmap,
-                        interpolation="nearest",
-                    )
+            flag = flags.get(gate.id, "")
+            color = _FLAG_COLOR if flag else _GATE_COLOR
+            xl, yl = self._draw_events(ax, artists, vals)
+            shapes, anchor = _draw_gate(ax, gate, xl, yl, color=color)
+            artists.extend(shapes)
+            artists.append(
+                ax.text(
+                    *anchor,
+                    f"{population_label(gate.id)}\n{n:,} ({pct:.1f}%)",
+                    ha="center",
+                    va="top",
+                    fontsize=REVIEW_FONT_PT,
+                    color=color,
+                    clip_on=True,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
                 )
-                ax.set_ylabel(_dim_label(gate.dims[1], names), fontsize=_SMALL_SIZE)
-            elif len(vals):
-                xl = _limits(vals[:, 0])
-                h, edges = np.histogram(vals[:, 0], bins=128, range=xl)
-                yl = (0.0, 1.05 * float(h.max()) if h.max() > 0 else 1.0)
-                # A StepPatch added as an artist: the limits are set below, so the
-                # axes need not scan the patch's path for data limits (as stairs() does).
-                artists.append(
-                    ax.add_artist(
-                        StepPatch(
-                            h, edges, fill=True, facecolor="#4C72B0", edgecolor="none", alpha=0.8
-                        )
-                    )
-                )
-                ax.set_ylabel("events", fontsize=_SMALL_SIZE)
-            else:
-                ax.set_ylabel("", fontsize=_SMALL_SIZE)
-            artists.extend(_draw_gate(ax, gate, xl, yl))
+            )
             ax.set_xlim(xl)
             ax.set_ylim(yl)
-            ax.set_xlabel(_dim_label(gate.dims[0], names), fontsize=_SMALL_SIZE)
-            flag = flags.get(gate.id, "")
+            tx = strategy.transforms.get(gate.dims[0].transform) if gate.dims[0].transform else None
+            _set_ticks(ax, "x", tx, xl)
+            ax.set_xlabel(_dim_label(gate.dims[0], names), fontsize=REVIEW_FONT_PT)
+            if len(gate.dims) >= 2:
+                d1 = gate.dims[1]
+                ty = strategy.transforms.get(d1.transform) if d1.transform else None
+                _set_ticks(ax, "y", ty, yl)
+                ax.set_ylabel(_dim_label(d1, names), fontsize=REVIEW_FONT_PT)
+            else:
+                ax.yaxis.set_ticks(
+                    np.linspace(0.0, yl[1], 3), [f"{v:.0f}" for v in np.linspace(0.0, yl[1], 3)]
+                )
+                ax.yaxis.set_ticks([], minor=True)
+                ax.set_ylabel("events per bin", fontsize=REVIEW_FONT_PT)
             ax.set_title(
                 f"{gate.id} of {gate.parent or 'all'}: {n:,} ({pct:.1f}%)" + _flag_lines(flag),
-                fontsize=_SMALL_SIZE,
-                color="#C00000" if flag else "black",
+                fontsize=REVIEW_FONT_PT + 1,
+                color=color,
+                fontweight="bold" if flag else "normal",
                 y=1.02,  # a fixed position: no tick-label bounding boxes at every draw
             )
         for ax in axes[len(gates) :]:
             ax.set_visible(False)
-        fig.suptitle(title, fontsize=_TITLE_SIZE - 1)
+            ax.set_gid(None)
+        fig.suptitle(title, fontsize=REVIEW_FONT_PT + 2)
         return fig
 
+    @staticmethod
+    def _draw_events(ax, artists: list, vals: np.ndarray) -> tuple[tuple, tuple]:
+        """The parent's events on ``ax``: density and dots (2-D) or histogram and rug."""
+        from matplotlib.patches import StepPatch
 
-def _flag_lines(flag: str, width: int = 38) -> str:
+        dot = {"s": 3.0, "c": "#08306B", "linewidths": 0, "rasterized": True}
+        if vals.shape[1] >= 2 and len(vals):
+            xl, yl = _limits(vals[:, 0]), _limits(vals[:, 1])
+            if len(vals) < _DOTS_BELOW:
+                artists.append(ax.scatter(vals[:, 0], vals[:, 1], **{**dot, "s": 5.0}))
+                return xl, yl
+            bins = 100
+            h, xe, ye = np.histogram2d(vals[:, 0], vals[:, 1], bins=bins, range=[xl, yl])
+            img = np.ma.masked_less_equal(np.log1p(h.T), np.log1p(_SPARSE_BIN))
+            artists.append(
+                ax.imshow(
+                    img,
+                    origin="lower",
+                    extent=(*xl, *yl),
+                    aspect="auto",
+                    cmap=_density_cmap(),
+                    interpolation="nearest",
+                    vmin=np.log1p(_SPARSE_BIN),
+                )
+            )
+            ix = np.clip(np.searchsorted(xe, vals[:, 0], side="right") - 1, 0, bins - 1)
+            iy = np.clip(np.searchsorted(ye, vals[:, 1], side="right") - 1, 0, bins - 1)
+            sparse = h[ix, iy] <= _SPARSE_BIN
+            if sparse.any():
+                artists.append(ax.scatter(vals[sparse, 0], vals[sparse, 1], **dot))
+            return xl, yl
+        if not len(vals):
+            return (0.0, 1.0), (0.0, 1.0)
+        xl = _limits(vals[:, 0])
+        h, edges = np.histogram(vals[:, 0], bins=128, range=xl)
+        top = float(h.max()) if h.max() > 0 else 1.0
+        yl = (0.0, 1.12 * top)
+        # A StepPatch added as an artist: the limits are set by the caller, so the axes
+        # need not scan the patch's path for data limits (as stairs() does).
+        artists.append(
+            ax.add_artist(StepPatch(h, edges, fill=True, facecolor="#4C72B0", edgecolor="none"))
+        )
+        if len(vals) < _DOTS_BELOW:  # a rug: each event a tick under the histogram
+            artists.append(
+                ax.scatter(
+                    vals[:, 0],
+                    np.full(len(vals), 0.03 * top),
+                    marker="|",
+                    s=12,
+                    c="#08306B",
+                    linewidths=0.6,
+                )
+            )
+        return xl, yl
+
+
+def _flag_lines(flag: str, width: int = 34) -> str:
     """A qc_flag as at most two short lines under a panel title (long ones overlapped)."""
     if not flag:
         return ""
@@ -837,9 +1048,10 @@ def _flag_lines(flag: str, width: int = 38) -> str:
 
 
 def _density_cmap():
+    """A pseudocolour map that starts dark enough to show a bin of a few events."""
     from matplotlib import colormaps
 
-    return colormaps["Blues"]
+    return colormaps["viridis"]
 
 
 def cohort_qc_figure(params: pd.DataFrame, *, k: float = 4.0):

@@ -28,13 +28,8 @@ rule plot_gate_review:
         counts="results/counts.tsv",
         gates="results/gates",
     output:
-        report(
-            directory("results/review"),
-            patterns=["{sample}.png"],
-            caption="../report/review.rst",
-            category="Gate review",
-            subcategory="{sample}",
-        ),
+        # Linked from the report (workflow.rst), not embedded: one page for the cohort.
+        directory("results/review"),
     log:
         "logs/plot_gate_review.log",
     benchmark:

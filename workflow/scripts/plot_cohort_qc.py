@@ -7,4 +7,4 @@ from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
 params = read_tsv(snakemake.input[0], na_values=[""])
-save_figure(cohort_qc_figure(params), snakemake.output[0], dpi=150)
+save_figure(cohort_qc_figure(params), snakemake.output[0], dpi=150, palette=256)
