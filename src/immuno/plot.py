@@ -767,13 +767,15 @@ def _draw_gate(ax, gate, xlim, ylim, color: str = _GATE_COLOR) -> tuple[list, tu
     (axes data units) for its label. Artists are added without updating the axes'
     data limits (the caller sets the limits), which keeps a reused figure cheap.
     """
+    from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse, Polygon, Rectangle
 
     from .gate import EllipseGate, PolygonGate, RectangleGate
 
     line = {"color": color, "lw": 1.4}
-    shade = {"facecolor": color, "alpha": 0.10, "edgecolor": "none"}
+    shade = {"facecolor": to_rgba(color, 0.10), "edgecolor": "none"}
+    outlined = {"facecolor": to_rgba(color, 0.10), "edgecolor": color, "lw": 1.4}
     shapes: list = []
     anchor = (float(np.mean(xlim)), float(np.mean(ylim)))
     if isinstance(gate, RectangleGate):
@@ -790,8 +792,7 @@ def _draw_gate(ax, gate, xlim, ylim, color: str = _GATE_COLOR) -> tuple[list, tu
             anchor = (0.5 * (x0 + x1), y0 + 0.85 * (y1 - y0))
     elif isinstance(gate, PolygonGate):
         verts = np.asarray(gate.vertices, dtype=float)
-        shapes.append(Polygon(verts, closed=True, **shade))
-        shapes.append(Polygon(verts, closed=True, fill=False, ec=color, lw=1.4))
+        shapes.append(Polygon(verts, closed=True, **outlined))
         inside = verts[
             (verts[:, 0] >= xlim[0])
             & (verts[:, 0] <= xlim[1])
@@ -805,8 +806,7 @@ def _draw_gate(ax, gate, xlim, ylim, color: str = _GATE_COLOR) -> tuple[list, tu
         width, height = 2 * np.sqrt(vals * gate.distance_square)
         angle = float(np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1])))
         geom = {"width": height, "height": width, "angle": angle}
-        shapes.append(Ellipse(gate.mean, **geom, **shade))
-        shapes.append(Ellipse(gate.mean, **geom, fill=False, ec=color, lw=1.4))
+        shapes.append(Ellipse(gate.mean, **geom, **outlined))
         top = float(gate.mean[1]) + 0.5 * float(np.max([width, height]))
         anchor = (float(gate.mean[0]), min(top, ylim[1]))
     return [ax.add_artist(a) for a in shapes], anchor
