@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .corrections import FLAG_CORRECTED, FLAG_EXCLUDED, GATE_ACTIONS
 from .errors import GatingError, GatingFileError, ImmunoError
 from .gate import (
     FAST_MIN_EVENTS,
@@ -1509,6 +1510,8 @@ class SampleInput:
     patient_id: str
     fcs_path: str
     visit_month: float = float("nan")
+    #: ``{population: Correction}``: the reviewer's word on this sample's gates.
+    corrections: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -1525,6 +1528,8 @@ class PopulationFit:
     flags: list[str] = field(default_factory=list)
     message: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Events the automated gate held when a reviewer's gate replaced it.
+    before: int | None = None
 
 
 #: Internal markers, never written to a table.
@@ -1545,28 +1550,52 @@ class SampleGating:
     error: dict | None = None
     parents: dict[str, str | None] = field(default_factory=dict)
     visit_month: float = float("nan")
+    #: ``{population: Correction}`` applied (see :mod:`immuno.corrections`).
+    corrections: dict = field(default_factory=dict)
 
     def review(self, pop: str) -> list[str]:
-        """The review reasons of ``pop`` itself (not inherited)."""
+        """The review reasons of ``pop`` itself (not inherited), as the gating found them."""
         fit = self.fits.get(pop)
         return [f for f in fit.flags if f not in _INTERNAL] if fit else []
 
+    def _own(self, pop: str) -> list[str]:
+        """``pop``'s own flags after the reviewer's word: none when accepted,
+        ``excluded`` when excluded, ``corrected`` when its gate was replaced."""
+        action = getattr(self.corrections.get(pop), "action", None)
+        if action == "accept":
+            return []
+        if action == "exclude":
+            return [FLAG_EXCLUDED]
+        return self.review(pop)
+
     def flag(self, pop: str) -> str:
-        """``qc_flag`` of ``pop``: its review reasons, and ``upstream_review(<gate>)``
-        when a gate above it needs review (its value depends on that gate)."""
-        own = self.review(pop)
+        """``qc_flag`` of ``pop``: its own flags, ``upstream_review(<gate>)`` when a gate
+        above it needs review and ``upstream_excluded(<gate>)`` when a reviewer excluded
+        one (its value depends on that gate). A corrected gate above is no reason."""
+        own = self._own(pop)
+        tags: dict[str, str] = {}
         up = self.parents.get(pop)
         while up not in (None, "root"):
-            if self.review(up):
-                own = [*own, f"upstream_review({up})"]
-                break
+            above = [f for f in self._own(up) if f != FLAG_CORRECTED]
+            if above == [FLAG_EXCLUDED]:
+                tags.setdefault("upstream_excluded", up)
+            elif above:
+                tags.setdefault("upstream_review", up)
             up = self.parents.get(up)
-        return ";".join(own)
+        return ";".join([*own, *(f"{tag}({gate})" for tag, gate in sorted(tags.items()))])
 
     def note(self, pop: str) -> str:
-        """``qc_note`` of ``pop``: what was done that needs no action."""
+        """``qc_note`` of ``pop``: what was done that needs no action, and what a
+        reviewer's accept or exclusion cleared (``accepted(...)``, ``reviewed(...)``)."""
         fit = self.fits.get(pop)
-        return ";".join(fit.notes) if fit else ""
+        notes = list(fit.notes) if fit else []
+        action = getattr(self.corrections.get(pop), "action", None)
+        reasons = ",".join(self.review(pop))
+        if action == "accept":
+            notes.append(f"accepted({reasons})" if reasons else "accepted")
+        elif action == "exclude" and reasons:
+            notes.append(f"reviewed({reasons})")
+        return ";".join(notes)
 
     def refresh_table(self) -> None:
         if self.table is not None:
@@ -1701,6 +1730,7 @@ def gate_one(
     patient_id: str = "",
     borrowed: dict[str, dict[str, dict]] | None = None,
     replace: Sequence[str] = (),
+    corrections: dict | None = None,
 ) -> SampleGating:
     """Gate one sample with a template.
 
@@ -1718,7 +1748,12 @@ def gate_one(
     replace
         Populations whose own fit was a cohort outlier in pass 1: they take the
         fallback chain (``borrowed``) instead of fitting, noted ``cohort_outlier``.
+    corrections
+        ``{population: Correction}`` (:mod:`immuno.corrections`): a reviewer's gate
+        replaces the automated one (whose count is kept as ``before``) and the
+        populations below are fitted on it; accept and exclude change the flags only.
     """
+    corrections = dict(corrections or {})
     if isinstance(template, StaticGating):
         return _apply_static(fcs, template, sample_id=sample_id, patient_id=patient_id)
     channel_map = template.panel.resolve(fcs, sample=sample_id)
@@ -1793,6 +1828,12 @@ def gate_one(
                 fit.flags.extend(f for f in guard_flags if f.startswith("frequency"))
             else:
                 fit.flags.extend(guard_flags)
+        correction = corrections.get(spec.name)
+        if correction is not None and correction.action in GATE_ACTIONS:
+            fit = _corrected_fit(fit, int(masks[spec.name].sum()), correction)
+            del strategy.gates[spec.name]
+            gate = strategy.add_gate(_corrected_gate(spec, correction, dims))
+            masks[spec.name] = strategy.evaluate(gate, space, masks)
         fits[spec.name] = fit
     if scale_notes and template.populations:
         fits[template.populations[0].name].notes.extend(scale_notes)
@@ -1806,9 +1847,39 @@ def gate_one(
         channel_map,
         n,
         parents={p.name: p.parent for p in template.populations},
+        corrections=corrections,
     )
     out.refresh_table()
     return out
+
+
+def _corrected_fit(auto: PopulationFit, before: int, correction) -> PopulationFit:
+    """The fit record of a reviewer's gate: flagged ``corrected``; the automated gate's
+    own review reasons noted as ``reviewed(...)``, its count kept as ``before``. An
+    automated gate that waits for a borrowed one keeps ``needs_borrowing`` (internal),
+    so that ``before`` is the count the automated gating reports."""
+    reasons = [f for f in auto.flags if f not in _INTERNAL]
+    notes = [f"corrected({correction.action})"]
+    if reasons:
+        notes.append(f"reviewed({','.join(reasons)})")
+    params = dict(correction.value) if correction.action == "threshold" else {}
+    flags = [FLAG_CORRECTED, *(f for f in auto.flags if f in _INTERNAL)]
+    return PopulationFit(params, "corrected", flags, notes=notes, before=before)
+
+
+def _corrected_gate(spec: PopulationSpec, correction, dims: tuple[Dimension, ...]) -> Gate:
+    """The static gate a correction gives, in the population's own dims (gate space):
+    a threshold keeps the template's ``select`` side of each cut."""
+    name, parent, value = spec.name, _parent(spec), correction.value
+    if correction.action == "threshold":
+        sides = _sides(spec)
+        cuts = [value[d] for d in spec.dims]
+        mins = tuple(t if s == "+" else None for t, s in zip(cuts, sides, strict=True))
+        maxs = tuple(t if s == "-" else None for t, s in zip(cuts, sides, strict=True))
+        return RectangleGate(name, parent, dims, mins, maxs)
+    if correction.action == "rectangle":
+        return RectangleGate(name, parent, dims, tuple(value["min"]), tuple(value["max"]))
+    return PolygonGate(name, parent, dims, vertices=np.asarray(value, dtype=float))
 
 
 def _time_partner(template, scale, channel_map, space, spec, parent_mask):
@@ -1905,6 +1976,7 @@ def _gate_path(args) -> SampleGating:
             patient_id=inp.patient_id,
             borrowed=borrowed,
             replace=replace,
+            corrections=inp.corrections,
         )
         res.visit_month = float(inp.visit_month)
         return res

@@ -352,6 +352,8 @@ def gate_cohort(
     failed_path: str | Path,
     gates_dir: str | Path,
     workers: int = 1,
+    corrections=None,
+    corrections_path: str | Path | None = None,
 ) -> None:
     """Gate every sample that passed :func:`check_inputs`, panel by panel.
 
@@ -363,6 +365,11 @@ def gate_cohort(
     ``gates_dir/<sample_id>.xml`` (the realised gates, Gating-ML 2.0). Every
     sample of the sheet is in exactly one of the counts and the failed
     samples. Every table is written atomically.
+
+    ``corrections`` (:class:`~immuno.corrections.Corrections`, checked against this
+    sheet) are applied as the final word; ``corrections_path`` lists each applied one
+    (:data:`CORRECTION_COLUMNS`: the population's count and percent of parent with
+    the automated gate and after the correction, who, when and why).
     """
     from .autogate import SampleInput, gate_samples, realised_params
 
@@ -381,13 +388,19 @@ def gate_cohort(
         if status.get(str(row["sample_id"])) != "ok":
             rec = by_check.get(str(row["sample_id"]), not_checked)
             failed.append(_failed_row(row, "input_check", rec))
-    tables, params = [], []
+    tables, params, applied = [], [], []
     for panel, template in templates.items():
         sub = sheet[(sheet["panel"] == panel) & sheet["sample_id"].astype(str).map(status).eq("ok")]
         if sub.empty:
             continue
         inputs = [
-            SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month)
+            SampleInput(
+                r.sample_id,
+                r.patient_id,
+                r.fcs_path,
+                r.visit_month,
+                corrections.for_sample(r.sample_id) if corrections is not None else {},
+            )
             for r in sub.itertuples()
         ]
         log.info("gating %d samples of panel %s with %d workers", len(inputs), panel, workers)
@@ -406,6 +419,7 @@ def gate_cohort(
             t = res.table.copy()
             t.insert(0, "sample_id", res.sample_id)
             tables.append(t)
+            applied.extend(_correction_rows(res, t))
         params.append(realised_params([r for r in results if r.error is None], template))
         from .gatingml import time_gates
 
@@ -433,6 +447,63 @@ def gate_cohort(
     write_tsv(counts, counts_path)
     write_tsv(pd.concat(params, ignore_index=True) if params else pd.DataFrame(), params_path)
     write_tsv(pd.DataFrame(failed, columns=FAILED_COLUMNS), failed_path)
+    if corrections_path is not None:
+        write_tsv(pd.DataFrame(applied, columns=CORRECTION_COLUMNS), corrections_path)
+    if corrections is not None and corrections.history:
+        log.info(
+            "%d corrections applied from %s (%d superseded entries)",
+            len(applied),
+            corrections.path,
+            corrections.superseded(),
+        )
+
+
+#: Columns of the applied-corrections table (``results/gating/corrections.tsv``).
+CORRECTION_COLUMNS = [
+    "sample_id",
+    "population",
+    "action",
+    "count_before",
+    "count_after",
+    "percent_before",
+    "percent_after",
+    "qc_flag",
+    "reviewer",
+    "date",
+    "reason",
+    "line",
+]
+
+
+def _correction_rows(res, table: pd.DataFrame) -> list[dict]:
+    """One row per correction applied to a gated sample (its population's count with
+    the automated gate and with the reviewer's word)."""
+    rows = []
+    by_pop = table.set_index("population")
+    for pop, c in res.corrections.items():
+        if pop not in by_pop.index:
+            continue
+        r = by_pop.loc[pop]
+        after, parent = int(r["count"]), int(r["parent_count"])
+        fit = res.fits.get(pop)
+        before = fit.before if fit is not None and fit.before is not None else after
+        rows.append(
+            {
+                "sample_id": res.sample_id,
+                "population": pop,
+                "action": c.action,
+                "count_before": before,
+                "count_after": after,
+                "percent_before": 100.0 * before / parent if parent else np.nan,
+                "percent_after": 100.0 * after / parent if parent else np.nan,
+                "qc_flag": r["qc_flag"],
+                "reviewer": c.reviewer,
+                "date": c.date,
+                "reason": c.reason,
+                "line": c.line,
+            }
+        )
+    return rows
 
 
 def _export_gates(res, path: Path) -> None:

@@ -640,6 +640,7 @@ REVIEW_DPI = 150
 REVIEW_FONT_PT = 8.0
 _GATE_COLOR = "#1A1A1A"  # an accepted gate: black, as FlowJo draws them
 _FLAG_COLOR = "#D00000"  # a gate whose population carries a review flag
+_CORRECTED_COLOR = "#1F5FBF"  # a gate a reviewer set (qc_flag "corrected" only)
 _SPARSE_BIN = 2  # 2-D bins with at most this many events show their events as dots
 _DOTS_BELOW = 2000  # parents with fewer events are drawn as dots only
 
@@ -833,7 +834,8 @@ def gate_review_figure(
     masks
         Memberships from ``strategy.apply(fcs)``.
     flags
-        Optional ``{population: qc_flag}``; a flagged gate and its title are drawn in
+        Optional ``{population: qc_flag}``; a gate a reviewer set (``corrected``) is drawn
+        in blue; a flagged gate and its title are drawn in
         red, with the reason.
     names
         ``{channel ($PnN): marker}`` for axis labels (default: ``$PnS`` where set).
@@ -936,7 +938,9 @@ class GateReviewer:
             n, n_par = int(masks[gate.id].sum()), int(parent.sum())
             pct = 100.0 * n / n_par if n_par else float("nan")
             flag = flags.get(gate.id, "")
-            color = _FLAG_COLOR if flag else _GATE_COLOR
+            color = (
+                _CORRECTED_COLOR if flag == "corrected" else _FLAG_COLOR if flag else _GATE_COLOR
+            )
             xl, yl = self._draw_events(ax, artists, vals)
             shapes, anchor = _draw_gate(ax, gate, xl, yl, color=color)
             artists.extend(shapes)

@@ -178,6 +178,7 @@ def provenance(
     outputs: Iterable[str | os.PathLike],
     *,
     workflow_dir: str | os.PathLike | None = None,
+    corrections: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Gather the provenance record of a run.
 
@@ -194,6 +195,8 @@ def provenance(
         Result files to hash, e.g. ``["results/counts.tsv"]``.
     workflow_dir
         Where to ask git for the commit (default: the current folder).
+    corrections
+        The reviewers' corrections file the gating applied (``None``: none configured).
 
     Returns
     -------
@@ -202,8 +205,10 @@ def provenance(
         ``commit`` or ``"unknown"``, ``dirty``), ``platform``, ``packages``, ``config``
         and its ``config_sha256``, ``sample_sheet`` (path, sha256), ``gating`` (panel,
         path, sha256 per file), ``fcs_files`` (one entry per distinct file), ``samples``
-        (``sample_id -> {panel, fcs_path, sha256}``) and ``outputs`` (path ->
-        ``{sha256, bytes, modified}``). Every hash is SHA-256 of the file's bytes, hex.
+        (``sample_id -> {panel, fcs_path, sha256}``), ``corrections`` (path, sha256,
+        bytes; ``sha256`` null when the configured file does not exist; the key is null
+        without one) and ``outputs`` (path -> ``{sha256, bytes, modified}``). Every
+        hash is SHA-256 of the file's bytes, hex.
 
     Raises
     ------
@@ -259,6 +264,7 @@ def provenance(
         "gating": gating,
         "fcs_files": fcs_files,
         "samples": samples,
+        "corrections": None if corrections is None else _file_record(corrections, cache),
         "outputs": out,
     }
 
@@ -526,6 +532,7 @@ def provenance_html(
         [_td(name), _td("not installed") if version is None else _td(version)]
         for name, version in packages.items()
     ]
+    corrections = record.get("corrections")
     gating_rows = [
         [
             _td(g.get("panel") or "-"),
@@ -533,8 +540,10 @@ def provenance_html(
             _hash_cell(g["sha256"]),
             _td(g.get("bytes") if g.get("bytes") is not None else "-", "num"),
         ]
-        for g in record["gating"]
+        for g in [*record["gating"], *([corrections] if corrections else [])]
     ]
+    if corrections:
+        gating_rows[-1][0] = _td("corrections")
     sample_header = ["sample_id", "panel", "FCS file", "SHA-256"]
     if counts is not None:
         sample_header.append("rows in counts.tsv")

@@ -25,7 +25,14 @@ import pandas as pd
 
 from .util import atomic_path
 
-__all__ = ["THUMB_W", "THUMB_H", "save_review_images", "write_review_page", "review_records"]
+__all__ = [
+    "THUMB_W",
+    "THUMB_H",
+    "save_review_images",
+    "write_review_page",
+    "review_records",
+    "write_corrections_html",
+]
 
 #: Size of one gate's thumbnail, pixels.
 THUMB_W, THUMB_H = 220, 200
@@ -130,3 +137,91 @@ def write_review_page(records: list[dict], path: str | Path, *, title: str = "Ga
     with atomic_path(path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
     return path
+
+
+_CORRECTIONS_STYLE = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
+    "text-align:left;vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;"
+    "font-variant-numeric:tabular-nums}.hash{font-family:monospace;font-size:12px}"
+)
+
+
+def write_corrections_html(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    source: str | None = None,
+    sha256: str | None = None,
+    superseded: int = 0,
+) -> Path:
+    """The applied corrections as a page for the report: per correction the sample,
+    population, action, count and percent of parent before (automated gate) and after,
+    who, when and why; ``source`` and ``sha256`` name the corrections file."""
+
+    def cell(v, cls=""):
+        text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else v
+        if isinstance(text, float):
+            text = f"{text:.2f}"
+        elif isinstance(text, int | np.integer):
+            text = f"{int(text):,}"
+        return f"<td{f' class={cls!r}' if cls else ''}>{html.escape(str(text))}</td>"
+
+    head = [
+        "sample",
+        "population",
+        "action",
+        "events before",
+        "events after",
+        "% of parent before",
+        "% of parent after",
+        "qc_flag",
+        "reviewer",
+        "date",
+        "reason",
+    ]
+    keys = [
+        "sample_id",
+        "population",
+        "action",
+        "count_before",
+        "count_after",
+        "percent_before",
+        "percent_after",
+        "qc_flag",
+        "reviewer",
+        "date",
+        "reason",
+    ]
+    numeric = {"count_before", "count_after", "percent_before", "percent_after"}
+    rows = "".join(
+        "<tr>" + "".join(cell(r[k], "n" if k in numeric else "") for k in keys) + "</tr>"
+        for r in table.to_dict("records")
+    )
+    if source is None:
+        about = "<p>No corrections file: every gate is the automated one.</p>"
+    else:
+        about = (
+            f"<p>{len(table)} corrections applied from <code>{html.escape(source)}</code>"
+            + (
+                f" (SHA-256 <span class='hash'>{html.escape(sha256)}</span>)"
+                if sha256
+                else " (the file does not exist yet)"
+            )
+            + (f"; {superseded} earlier entries superseded by later ones" if superseded else "")
+            + ". Before: the automated gate; after: the reviewer's. Populations below a "
+            "corrected gate were fitted again on it.</p>"
+        )
+    table_html = (
+        f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{rows}</table>"
+        if len(table)
+        else ""
+    )
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>Gate corrections"
+        f"</title><style>{_CORRECTIONS_STYLE}</style></head><body><h1>Gate corrections</h1>"
+        f"{about}{table_html}</body></html>"
+    )
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    return Path(path)

@@ -17,11 +17,13 @@ populations tested.
 
 Rules shared by every test:
 
-* Rows that need review (a non-empty ``qc_flag``: the population's gate, or a gate above
-  it, was flagged ``review``, or could not be placed, ``fail``) are excluded before
+* Rows that need review (a ``qc_flag`` other than ``corrected``: the population's gate,
+  or a gate above it, was flagged ``review``, or could not be placed, ``fail``, or a
+  reviewer excluded it, ``excluded``/``upstream_excluded(...)``) are excluded before
   anything else; how many were excluded is logged and reported in the ``n_qc_excluded``
-  column. :func:`write_stats` with ``include_review=True`` keeps the reviewed rows and
-  excludes only ``fail``.
+  column. A gate a reviewer set (``corrected``) is kept. :func:`write_stats` with
+  ``include_review=True`` keeps the reviewed rows and excludes only ``fail`` and the
+  reviewer's exclusions.
 * One value per patient, population and visit: two rows for the same (e.g. two tubes, or
   a gate shared by two panels such as ``lymphocytes`` in the T and the B tube) is an
   :class:`~immuno.errors.ImmunoError`; filter ``counts`` on ``panel`` first.
@@ -49,6 +51,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .corrections import FLAG_CORRECTED, FLAG_EXCLUDED
 from .errors import ConfigError, ImmunoError
 from .util import write_tsv
 
@@ -165,23 +168,35 @@ def bh_adjust(p_values: Iterable[float]) -> np.ndarray:
     return out
 
 
+def _flags(counts: pd.DataFrame) -> pd.Series:
+    """``qc_flag`` of each row as a list of its ``;``-separated reasons."""
+    _require_columns(counts, ["qc_flag"])
+    text = counts["qc_flag"].fillna("").astype(str)
+    return text.map(lambda t: [f.strip() for f in t.split(";") if f.strip()])
+
+
+def _always_out(flag: str) -> bool:
+    """A reason no setting keeps: no gate, or a reviewer's exclusion (here or above)."""
+    return flag in ("fail", FLAG_EXCLUDED) or flag.startswith("upstream_excluded(")
+
+
 def failed_qc(counts: pd.DataFrame) -> pd.Series:
-    """Boolean mask of the rows excluded from statistics: a non-empty ``qc_flag``.
+    """Boolean mask of the rows excluded from statistics: a ``qc_flag`` reason other
+    than ``corrected``.
 
     ``qc_flag`` is ``""`` (or NaN, as read back from a TSV) for a row that needs no
     review, else a ``;``-separated list of the reasons to look (``fail`` among them
-    when no gate could be placed).
+    when no gate could be placed). ``corrected`` says a reviewer set the gate: that
+    value is the final word, and kept.
     """
-    _require_columns(counts, ["qc_flag"])
-    return counts["qc_flag"].fillna("").astype(str).str.strip() != ""
+    return _flags(counts).map(lambda fs: any(f != FLAG_CORRECTED for f in fs))
 
 
 def keep_reviewed(counts: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``counts`` whose review flags no longer exclude rows (only ``fail``)."""
-    _require_columns(counts, ["qc_flag"])
-    flags = counts["qc_flag"].fillna("").astype(str)
-    fail = flags.str.split(";").map(lambda fs: any(f.strip() == "fail" for f in fs))
-    return counts.assign(qc_flag=flags.where(fail, ""))
+    """A copy of ``counts`` whose review flags no longer exclude rows (only ``fail`` and
+    a reviewer's exclusions still do)."""
+    flags = _flags(counts).map(lambda fs: ";".join(f for f in fs if _always_out(f)))
+    return counts.assign(qc_flag=flags)
 
 
 def _require_columns(counts: pd.DataFrame, columns: Iterable[str]) -> None:

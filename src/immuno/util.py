@@ -32,6 +32,10 @@ TEXT_COLUMNS = (
     "hint",
     "qc_flag",
     "qc_note",
+    "action",
+    "reviewer",
+    "date",
+    "reason",
 )
 
 

@@ -55,6 +55,36 @@ def _load_samples():
 samples = _load_samples()
 
 
+def get_corrections():
+    """The corrections file as an input when it exists (editing it reruns the gating)."""
+    path = config.get("corrections")
+    return [path] if path and Path(path).exists() else []
+
+
+def get_corrections_sha():
+    """SHA-256 of the corrections file (a param: its content, not its date, reruns)."""
+    from immuno.util import sha256_file
+
+    return sha256_file(get_corrections()[0]) if get_corrections() else None
+
+
+def _check_corrections():
+    """Refuse a corrections file that cannot be applied before any job starts."""
+    from immuno.cohort import load_templates
+    from immuno.corrections import load_corrections
+    from immuno.errors import ImmunoError
+
+    try:
+        corrections = load_corrections(config.get("corrections"))
+        if corrections.history:
+            corrections.check(samples, load_templates(config["panels"]))
+    except ImmunoError as exc:
+        raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
+
+
+_check_corrections()
+
+
 wildcard_constraints:
     sample=r"[^/]+",
 
@@ -97,6 +127,7 @@ def get_final_outputs():
     return [
         "results/counts.tsv",
         "results/failed_samples.tsv",
+        "results/corrections.html",
         "results/stats/paired_by_group.tsv",
         "results/stats/paired_pooled.tsv",
         "results/stats/between_groups.tsv",

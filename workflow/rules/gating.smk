@@ -20,9 +20,11 @@ rule gate_samples:
         templates=get_templates(),
         checks="results/qc/input_check.tsv",
         fcs=get_fcs_files(),
+        corrections=get_corrections(),
     output:
         counts="results/gating/gating_counts.tsv",
         params="results/gating/gate_params.tsv",
+        corrections="results/gating/corrections.tsv",
         failed=report(
             "results/failed_samples.tsv",
             caption="../report/failed_samples.rst",

@@ -7,6 +7,7 @@ rule write_provenance:
         templates=get_templates(),
         fcs=get_fcs_files(),
         counts="results/counts.tsv",
+        corrections=get_corrections(),
     output:
         report(
             "results/provenance.json",
@@ -23,6 +24,27 @@ rule write_provenance:
         fcs_stamp=get_fcs_stamp(),
     script:
         "../scripts/write_provenance.py"
+
+
+rule list_corrections:
+    input:
+        "results/gating/corrections.tsv",
+    output:
+        report(
+            "results/corrections.html",
+            caption="../report/corrections.rst",
+            category="Quality control",
+        ),
+    log:
+        "logs/list_corrections.log",
+    benchmark:
+        "results/benchmarks/list_corrections.tsv"
+    conda:
+        "../../envs/immuno.yaml"
+    params:
+        corrections_sha=get_corrections_sha(),
+    script:
+        "../scripts/list_corrections.py"
 
 
 rule render_provenance:

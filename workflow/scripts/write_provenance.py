@@ -11,6 +11,7 @@ record = provenance(
     snakemake.config["panels"],
     [snakemake.input.counts],
     workflow_dir=snakemake.scriptdir,
+    corrections=snakemake.config.get("corrections"),
 )
 write_provenance(record, snakemake.output[0])
 logging.info("%d samples, %d gating files hashed", len(record["samples"]), len(record["gating"]))
