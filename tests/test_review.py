@@ -127,3 +127,40 @@ def test_review_page_holds_its_data_and_escapes_it(tmp_path):
     blob = re.search(r'<script id="review-data" type="application/json">(.*?)</script>', page, re.S)
     assert json.loads(blob.group(1))["samples"] == records
     assert page.count("</script>") == 2  # the data's own "</script>" is escaped
+
+
+def test_the_editor_knows_where_each_gate_is_on_the_figure(demo_cohort, templates_dir, tmp_path):
+    """The page maps the pointer to gate space through each panel's box and limits: the
+    CD3 cut lands on the dark gate line drawn in the PNG, a polygon is thinned to what a
+    person can drag, and every gate names what a correction of it needs."""
+    from PIL import Image
+
+    from immuno.review import EDIT_VERTICES, gate_edits
+
+    template = load_template(templates_dir / "t_cell.yaml")
+    fcs, res, masks = _gated(demo_cohort, templates_dir, "P01_m0_T")
+    fig = GateReviewer().figure(fcs, res.strategy, masks)
+    geometry: dict = {}
+    save_review_images(fig, tmp_path / "fig.png", tmp_path / "t.png", geometry=geometry)
+    specs = {
+        p.name: {"dims": p.dims, "method": p.method, "select": p.params.get("select")}
+        for p in template.populations
+    }
+    edits = gate_edits(res.strategy, specs, geometry)
+    assert {k: e["kind"] for k, e in edits.items()} == {
+        "clean": "rectangle", "cells": "threshold", "singlets": "polygon", "live": "threshold",
+        "lymphocytes": "polygon", "cd3": "threshold", "cd4": "threshold", "cd8": "threshold",
+        "treg": "polygon",
+    }  # fmt: skip
+    cd3 = edits["cd3"]
+    assert cd3["value"] == {"CD3": pytest.approx(res.fits["cd3"].params["CD3"])}
+    assert edits["cd4"]["sides"] == ["+", "-"] and set(edits["cd4"]["value"]) == {"CD4", "CD8"}
+    assert 3 <= len(edits["lymphocytes"]["value"]) <= EDIT_VERTICES
+    (left, top, right, bottom), (x0, x1) = cd3["box"], cd3["xlim"]
+    px = left + (cd3["value"]["CD3"] - x0) / (x1 - x0) * (right - left)
+    with Image.open(tmp_path / "fig.png") as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    rows = rgb[int(top) + 5 : int(bottom) - 5]
+    darkness = (rows.sum(axis=2) < 150).mean(axis=0)  # share of dark pixels per column
+    line = int(np.argmax(darkness[int(left) + 3 : int(right) - 3])) + int(left) + 3
+    assert abs(line - px) <= 1.5

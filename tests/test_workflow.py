@@ -274,3 +274,101 @@ class _same:
     def __exit__(self, *exc):
         self.page.wait_for_load_state()
         return False
+
+
+def test_a_reviewer_corrects_a_gate_in_the_browser_and_the_rerun_applies_it(
+    demo_run, browser, tmp_path
+):
+    """Served by ``immuno review``, the page takes a reviewer from the flagged samples to
+    a flagged gate in two clicks; dragging the cut moves its value, the typed value and
+    the reason are saved into the study's corrections file (checked, with who and
+    when), and the workflow's rerun gates that sample with the reviewer's cut: the
+    count is the parent's events beyond it, flagged ``corrected``, listed with the
+    counts before and after, and the file's hash is in the provenance record."""
+    import datetime as dt
+    import hashlib
+    import shutil
+
+    from immuno.corrections import load_corrections
+    from immuno.gate import EventSpace
+    from immuno.gatingml import load_gatingml
+    from immuno.read import read_fcs
+    from immuno.review import write_review_page
+    from immuno.server import ReviewServer, study_from_config
+
+    work, _ = demo_run
+    mine = tmp_path / "study"
+    shutil.copytree(work, mine, symlinks=True)  # the shared run stays as it is
+    results = mine / "results"
+    before = _read(results / "counts.tsv")
+    data = _review_data(results / "review")
+    # The flag a reviewer acts on: one T sample's cd3 gate (this small run may flag none).
+    sample = next(s for s in data["samples"] if s["panel"] == "T")
+    gate = next(g for g in sample["gates"] if g[0] == "cd3")
+    gate[3] = gate[3] or "borrowed_cut_in_a_peak(CD3)"
+    write_review_page(data["samples"], results / "review" / "index.html")
+
+    server = ReviewServer(results, port=0, **study_from_config(mine / "config.yaml", mine))
+    server.start()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "#flagged")
+        page.wait_for_function("document.getElementById('mode').textContent.length > 0")
+        page.select_option("#gate", "T/cd3")
+        page.locator(f".cell[data-sample='{sample['id']}']").click()  # click 1
+        page.locator("button.fix[data-gate='cd3']").click()  # click 2
+        page.wait_for_selector("[data-handle='CD3']", state="attached")
+        auto = float(page.input_value("input[data-dim='CD3']"))
+        line = page.locator("[data-handle='CD3']").bounding_box()
+        x, y = line["x"] + line["width"] / 2, line["y"] + line["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 30, y, steps=4)
+        page.mouse.up()
+        assert float(page.input_value("input[data-dim='CD3']")) > auto  # dragged right
+        cut = round(auto + 0.2, 4)  # into the lower side of the CD3+ peak
+        page.fill("input[data-dim='CD3']", str(cut))
+        page.fill("#reviewer", "R. Eviewer")
+        page.click("#save")
+        assert "reason" in page.text_content("#result")  # every entry says why
+        page.fill("#reason", "NK cells above the valley")
+        page.click("#save")
+        page.wait_for_selector("#result.ok")
+        assert errors == []
+    finally:
+        server.stop()
+    saved = load_corrections(mine / "corrections.yaml")
+    (entry,) = saved.entries
+    assert (entry.sample, entry.population, entry.action) == (sample["id"], "cd3", "threshold")
+    assert entry.value == {"CD3": cut} and entry.reviewer == "R. Eviewer"
+    assert entry.date == dt.date.today().isoformat()
+
+    _snakemake(mine)
+    after = _read(results / "counts.tsv")
+    row = after[(after.sample_id == sample["id"]) & (after.population == "cd3")].iloc[0]
+    old = before[(before.sample_id == sample["id"]) & (before.population == "cd3")].iloc[0]
+    assert row["qc_flag"] == "corrected" and row["count"] < old["count"]
+    # the count is the lymphocytes at or above the reviewer's cut (gate space)
+    fcs_path = _read(mine / "demo" / "study.tsv").set_index("sample_id").loc[sample["id"]]
+    fcs = read_fcs(mine / "demo" / fcs_path["fcs_path"])
+    gates = load_gatingml(results / "gates" / f"{sample['id']}.xml")
+    lymph = gates.apply(fcs).masks["lymphocytes"]
+    cd3 = EventSpace(fcs, gates, dtype=np.float64).values(gates.gates["cd3"].dims)[:, 0]
+    assert row["count"] == int((lymph & (cd3 >= cut)).sum())
+    # the children were fitted on the corrected gate
+    cd4 = after[(after.sample_id == sample["id"]) & (after.population == "cd4")].iloc[0]
+    assert cd4["parent_count"] == row["count"]
+    listed = _read(results / "gating" / "corrections.tsv").iloc[0]
+    assert (listed["count_before"], listed["count_after"]) == (old["count"], row["count"])
+    assert "NK cells above the valley" in (results / "corrections.html").read_text()
+    prov = yaml.safe_load((results / "provenance.json").read_text())
+    digest = hashlib.sha256((mine / "corrections.yaml").read_bytes()).hexdigest()
+    assert prov["corrections"]["sha256"] == digest
+    # every other sample's counts are untouched
+    others = after.sample_id != sample["id"]
+    pd.testing.assert_frame_equal(
+        after[others].reset_index(drop=True),
+        before[before.sample_id != sample["id"]].reset_index(drop=True),
+    )

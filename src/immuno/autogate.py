@@ -2022,12 +2022,25 @@ def gate_samples(
     is flagged ``cohort_outlier`` for review. Samples run in parallel (``workers``
     processes); one sample's error is recorded in its result and costs no other
     sample its result.
+
+    The cohort's reference (the pooled medians and the outlier screen) is the
+    automated gating's: a sample with corrections (``SampleInput.corrections``) is
+    also gated without them for it, so that a reviewer's correction changes its own
+    sample only.
     """
+    from dataclasses import replace as _with
+
     first = _map(_gate_path, [(s, template, None, ()) for s in samples], workers)
+    auto = list(first)
+    corrected = [i for i, s in enumerate(samples) if s.corrections]
+    if corrected:
+        plain = [(_with(samples[i], corrections={}), template, None, ()) for i in corrected]
+        for i, res in zip(corrected, _map(_gate_path, plain, workers), strict=True):
+            auto[i] = res
     reference: dict = {}
-    outliers = cohort_outliers(first, template, reference=reference)
+    outliers = cohort_outliers(auto, template, reference=reference)
     ok_params: dict[str, dict[str, list[dict]]] = {}
-    for i, res in enumerate(first):
+    for i, res in enumerate(auto):
         for pop, fit in res.fits.items():
             if fit.source == "fit" and not fit.flags and fit.params and (i, pop) not in outliers:
                 ok_params.setdefault(pop, {}).setdefault(res.patient_id, []).append(fit.params)
@@ -2036,6 +2049,7 @@ def gate_samples(
     }
     redo = []
     for i, res in enumerate(first):
+        # populations whose automated fit was a cohort outlier take the fallback chain
         replace = tuple(sorted(pop for j, pop in outliers if j == i))
         if replace or any("needs_borrowing" in f.flags for f in res.fits.values()):
             borrowed = {}

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .errors import ImmunoError
 
@@ -49,6 +50,25 @@ def _cmd_apply_gates(args: argparse.Namespace) -> int:
     apply_gates_to_file(
         args.gates, args.fcs, sample_id=args.sample_id, out=args.out, threads=threads
     )
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from .server import ReviewServer, study_from_config
+
+    study = study_from_config(args.config, args.directory)
+    server = ReviewServer(Path(args.directory) / args.results, port=args.port, **study)
+    print(
+        f"Review page: {server.url}  (corrections are saved to {study['corrections']}; "
+        "Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -92,6 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="blocks of events gated at once (default 0: one per available CPU)",
     )
     s.set_defaults(func=_cmd_apply_gates)
+
+    s = sub.add_parser(
+        "review",
+        help="serve the gate review page on 127.0.0.1 and save corrections from it",
+    )
+    s.add_argument("results", help="the workflow's results folder (holds review/index.html)")
+    s.add_argument(
+        "--config",
+        default="config.yaml",
+        help="workflow config naming the sheet, panels and corrections file (default config.yaml)",
+    )
+    s.add_argument(
+        "--directory",
+        default=".",
+        help="the workflow's folder, as snakemake's --directory: RESULTS and the config's "
+        "relative paths are read from it (default: the current folder)",
+    )
+    s.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    s.set_defaults(func=_cmd_review)
     return p
 
 

@@ -538,11 +538,11 @@ def _review_one(args) -> tuple[str, list[str] | None]:
     """Draw one sample's review figure and thumbnails: ``(sample_id, gate ids)``, or
     ``(sample_id, None)`` when it could not be drawn (logged)."""
     global _REVIEWER
-    sample_id, fcs_path, gates_path, flags, outdir = args
+    sample_id, fcs_path, gates_path, flags, outdir, specs = args
     from .gatingml import load_gatingml
     from .plot import GateReviewer
     from .read import read_fcs
-    from .review import save_review_images
+    from .review import gate_edits, save_review_images, write_edit_script
 
     try:
         strategy = load_gatingml(gates_path)
@@ -551,8 +551,15 @@ def _review_one(args) -> tuple[str, list[str] | None]:
         if _REVIEWER is None:
             _REVIEWER = GateReviewer()
         fig = _REVIEWER.figure(fcs, strategy, masks, title=sample_id, flags=flags)
+        geometry: dict = {}
         gates = save_review_images(
-            fig, outdir / "figures" / f"{sample_id}.png", outdir / "thumbs" / f"{sample_id}.png"
+            fig,
+            outdir / "figures" / f"{sample_id}.png",
+            outdir / "thumbs" / f"{sample_id}.png",
+            geometry=geometry,
+        )
+        write_edit_script(
+            sample_id, gate_edits(strategy, specs, geometry), outdir / "edit" / f"{sample_id}.js"
         )
     except ImmunoError as exc:
         log.warning("no review figure for %s: %s", sample_id, exc)
@@ -567,12 +574,16 @@ def review_cohort(
     outdir: str | Path,
     *,
     workers: int = 1,
+    templates: dict | None = None,
 ) -> list[str]:
     """Draw every gated sample's review figure and write the review page.
 
     Writes ``outdir/figures/<sample_id>.png`` (every gate, large),
-    ``outdir/thumbs/<sample_id>.png`` (one thumbnail per gate) and
-    ``outdir/index.html`` (:func:`immuno.review.write_review_page`). The gates come
+    ``outdir/thumbs/<sample_id>.png`` (one thumbnail per gate),
+    ``outdir/edit/<sample_id>.js`` (where each gate is on the figure and what a
+    correction of it names: :func:`immuno.review.gate_edits`, from the panel's
+    template in ``templates``) and ``outdir/index.html``
+    (:func:`immuno.review.write_review_page`). The gates come
     from each sample's exported Gating-ML file (so the figure shows exactly what a
     reviewer can re-apply), flags from the counts table. Returns the sample ids that
     could not be drawn.
@@ -582,19 +593,34 @@ def review_cohort(
     from .review import review_records, write_review_page
 
     outdir = Path(outdir)
-    for sub in ("figures", "thumbs"):
+    for sub in ("figures", "thumbs", "edit"):
         (outdir / sub).mkdir(parents=True, exist_ok=True)
     counts = counts.astype({"sample_id": str})
     flags = {
         sid: dict(zip(g["population"], g["qc_flag"].fillna(""), strict=True))
         for sid, g in counts.groupby("sample_id")
     }
+    specs = {
+        panel: {
+            p.name: {"dims": list(p.dims), "method": p.method, "select": p.params.get("select")}
+            for p in getattr(gating, "populations", [])
+        }
+        for panel, gating in (templates or {}).items()
+    }
     jobs = []
     for row in sheet.itertuples():
         gates = Path(gates_dir) / f"{row.sample_id}.xml"
         if gates.exists():
+            sid = str(row.sample_id)
             jobs.append(
-                (row.sample_id, row.fcs_path, gates, flags.get(str(row.sample_id), {}), outdir)
+                (
+                    row.sample_id,
+                    row.fcs_path,
+                    gates,
+                    flags.get(sid, {}),
+                    outdir,
+                    specs.get(row.panel, {}),
+                )
             )
     if workers <= 1:
         drawn = [_review_one(j) for j in jobs]

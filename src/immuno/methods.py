@@ -349,13 +349,15 @@ def _statistics_section(config: Mapping) -> list[str]:
         f"{group} groups with the two-sided Mann-Whitney U test (every pair of groups when "
         "there are more than two). Patients missing either visit are excluded and counted; "
         + (
-            "values flagged for review (a non-empty ``qc_flag``: the population's gate or "
-            "one above it needed review) were kept, as the configuration asks "
-            "(``statistics.include_review``); values flagged ``fail`` were excluded. "
+            "values flagged for review (a ``qc_flag`` other than ``corrected``, a gate a "
+            "reviewer set: the population's gate or one above it needed review) were kept, "
+            "as the configuration asks (``statistics.include_review``); values flagged "
+            "``fail`` or excluded by a reviewer were excluded. "
             if st.get("include_review")
-            else "values flagged for review (a non-empty ``qc_flag``: the population's gate "
-            "or one above it needed review, or could not be placed) were excluded before "
-            "testing and counted (``n_qc_excluded``). "
+            else "values flagged for review (a ``qc_flag`` other than ``corrected``, a gate a "
+            "reviewer set: the population's gate or one above it needed review, could not "
+            "be placed, or a reviewer excluded it) were excluded before testing and counted "
+            "(``n_qc_excluded``). "
         )
         + "The p-value "
         "is exact when there are no ties (or zero differences) and n <= 50, an exhaustive "

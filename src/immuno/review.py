@@ -38,12 +38,18 @@ __all__ = [
 THUMB_W, THUMB_H = 220, 200
 
 
-def save_review_images(fig, figure_png: str | Path, thumbs_png: str | Path) -> list[str]:
+def save_review_images(
+    fig, figure_png: str | Path, thumbs_png: str | Path, *, geometry: dict | None = None
+) -> list[str]:
     """Render ``fig`` (a :class:`~immuno.plot.GateReviewer` figure) once; write the full
     figure and the strip of per-gate thumbnails. Returns the gate ids, in strip order.
 
     Each visible panel is cut out with its title, tick labels and axis labels and fitted
     into a :data:`THUMB_W` x :data:`THUMB_H` cell (aspect kept, white margins).
+    ``geometry``, a dict, receives per gate where its data area is in the figure PNG
+    (``box``: left, top, right, bottom in pixels) and the data limits it shows
+    (``xlim``, ``ylim``: gate space; counts per bin on a 1-D panel's y), so that the
+    review page can map a pointer on the figure to the gate's own coordinates.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
@@ -72,9 +78,120 @@ def save_review_images(fig, figure_png: str | Path, thumbs_png: str | Path) -> l
         cell.thumbnail((THUMB_W, THUMB_H), Image.LANCZOS)
         strip.paste(cell, (i * THUMB_W + (THUMB_W - cell.width) // 2, (THUMB_H - cell.height) // 2))
         gates.append(ax.get_gid() or "")
+        if geometry is not None:
+            area = ax.get_window_extent(renderer)
+            geometry[gates[-1]] = {
+                "box": [
+                    round(float(area.x0), 2),
+                    round(float(height - area.y1), 2),
+                    round(float(area.x1), 2),
+                    round(float(height - area.y0), 2),
+                ],
+                "xlim": [float(v) for v in ax.get_xlim()],
+                "ylim": [float(v) for v in ax.get_ylim()],
+            }
     with atomic_path(thumbs_png) as tmp:
         palette_image(strip, 64).save(tmp, format="PNG")
     return gates
+
+
+#: Most vertices the page offers to drag on a polygon (a fitted polygon of 128 is thinned).
+EDIT_VERTICES = 24
+_THRESHOLD_METHODS = ("mindensity", "tailcut")
+
+
+def _thin(vertices: np.ndarray, n: int = EDIT_VERTICES) -> list[list[float]]:
+    """At most ``n`` vertices of a polygon, evenly spaced along its vertex list."""
+    v = np.asarray(vertices, dtype=float)
+    if len(v) > n:
+        v = v[np.linspace(0, len(v), n, endpoint=False).astype(int)]
+    return [[float(x), float(y)] for x, y in v]
+
+
+def _clip(v, lo: float, hi: float) -> float:
+    return float(min(max(v, lo), hi)) if v is not None and np.isfinite(v) else None
+
+
+def gate_edits(strategy, specs: Mapping[str, Mapping], geometry: Mapping[str, dict]) -> dict:
+    """What the review page needs to correct each gate of one sample.
+
+    ``specs`` is ``{population: {"dims": [...], "method": str, "select": [...]}}`` from
+    the template (the dims' names are what a correction names); ``geometry`` comes from
+    :func:`save_review_images`. Per gate: ``kind`` (``threshold`` for a threshold
+    method, ``polygon`` for another 2-D gate, ``rectangle`` for another 1-D gate, or
+    ``None``: accept or exclude only, e.g. a boolean gate), ``dims``, ``sides``, the
+    current ``value`` in gate space (a polygon thinned to :data:`EDIT_VERTICES`, an
+    ellipse as that many points on it, a 2-D rectangle as a polygon whose open sides
+    are the panel's edges, a 1-D range's open side ``None``) and the panel's geometry.
+    """
+    from .gate import EllipseGate, PolygonGate, RectangleGate
+
+    out = {}
+    for pop, geo in geometry.items():
+        gate = strategy.gates.get(pop)
+        spec = specs.get(pop)
+        if gate is None or spec is None:
+            continue
+        dims = list(spec["dims"])
+        sel = spec.get("select") or ["+"] * len(dims)
+        sel = [sel] if isinstance(sel, str) else list(sel)
+        (x0, x1), (y0, y1) = geo["xlim"], geo["ylim"]
+        kind, value = None, None
+        if spec["method"] == "boolean" or len(dims) not in (1, 2):
+            kind = None
+        elif spec["method"] in _THRESHOLD_METHODS:
+            kind = "threshold"
+            mid = [(x0 + x1) / 2, (y0 + y1) / 2]
+            value = {}
+            for i, (d, side) in enumerate(zip(dims, sel, strict=False)):
+                b = None
+                if isinstance(gate, RectangleGate):
+                    bounds = gate.mins if side == "+" else gate.maxs
+                    b = bounds[i] if i < len(bounds) else None
+                value[d] = float(b) if b is not None and np.isfinite(b) else mid[i]
+        elif len(dims) == 2:
+            kind = "polygon"
+            if isinstance(gate, PolygonGate):
+                # as they are: a vertex beyond the panel (a singlet gate's open end) stays
+                value = _thin(gate.vertices)
+            elif isinstance(gate, EllipseGate):
+                from .autogate import ellipse_vertices
+
+                value = _thin(
+                    ellipse_vertices(
+                        gate.mean, gate.covariance, gate.distance_square, EDIT_VERTICES
+                    )
+                )
+            elif isinstance(gate, RectangleGate):
+                lims = [(x0, x1), (y0, y1)]
+                lo = [_clip(m, a, b) for m, (a, b) in zip(gate.mins, lims, strict=False)]
+                hi = [_clip(m, a, b) for m, (a, b) in zip(gate.maxs, lims, strict=False)]
+                lx, ly = lo[0] if lo[0] is not None else x0, lo[1] if lo[1] is not None else y0
+                hx, hy = hi[0] if hi[0] is not None else x1, hi[1] if hi[1] is not None else y1
+                value = [[lx, ly], [hx, ly], [hx, hy], [lx, hy]]
+        else:
+            kind = "rectangle"
+            lo = gate.mins[0] if isinstance(gate, RectangleGate) and gate.mins else None
+            hi = gate.maxs[0] if isinstance(gate, RectangleGate) and gate.maxs else None
+            # an open side stays open (null), drawn at the panel's edge
+            value = {
+                "min": [float(lo) if lo is not None and np.isfinite(lo) else None],
+                "max": [float(hi) if hi is not None and np.isfinite(hi) else None],
+            }
+        out[pop] = {"kind": kind, "dims": dims, "sides": sel, "value": value, **geo}
+    return out
+
+
+def write_edit_script(sample_id: str, edits: dict, path: str | Path) -> Path:
+    """``edit/<sample_id>.js``: the sample's :func:`gate_edits` as a script the page
+    loads when a reviewer opens the sample (a page opened from a file may load a script
+    but not fetch JSON)."""
+    data = json.dumps({"id": sample_id, "gates": edits}, separators=(",", ":"))
+    text = "(window.EDIT=window.EDIT||{})[" + json.dumps(sample_id) + "]=" + data + ";\n"
+    text = text.replace("</", "<\\/")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def review_records(counts: pd.DataFrame, gate_order: Mapping[str, Sequence[str]]) -> list[dict]:

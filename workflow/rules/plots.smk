@@ -27,6 +27,7 @@ rule plot_gate_review:
         sheet=get_sample_sheet(),
         counts="results/counts.tsv",
         gates="results/gates",
+        templates=get_templates(),
     output:
         # Linked from the report (workflow.rst), not embedded: one page for the cohort.
         directory("results/review"),
