@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo's config, unless the command line names the study's own (--configfile): a study's
+# config replaces it, so none of the demo's panels or sheet leak into a study. --config k=v
+# still overrides single keys of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

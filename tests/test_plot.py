@@ -308,3 +308,15 @@ def test_review_figure_of_a_file_with_nan_and_inf_events(demo_cohort, templates_
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert len(shown) == sum(1 for g in res.strategy.gates.values() if g.dims)
     assert all(np.isfinite([*ax.get_xlim(), *ax.get_ylim()]).all() for ax in shown)
+
+
+def test_a_population_the_table_lacks_gets_an_empty_panel(cohort):
+    """Every T-tube sample failed: the B panels are drawn, the T panels say why not."""
+    b_only = cohort[~cohort["population"].isin(["cd4", "cd8", "treg"])]
+    fig = reconstitution_figure(b_only)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title(loc="left")]
+    assert titles == ["CD4", "CD8", "CD19", "Treg % of CD4", "Naive B % of CD19"]
+    empty = [ax for ax in fig.axes if any("no values" in t.get_text() for t in ax.texts)]
+    assert [ax.get_title() for ax in empty] == ["CD4", "CD8", "Treg % of CD4"]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legends[0].get_texts()][:2] == ["30mg", "60mg"]

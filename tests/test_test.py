@@ -492,3 +492,26 @@ def test_write_stats_bad_spec(random_cohort, tmp_path):
         with pytest.raises(ConfigError):
             write_stats(random_cohort, tmp_path, spec)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_population_no_sample_holds_does_not_stop_the_others(random_cohort, tmp_path, caplog):
+    """Every sample of a panel failed: its populations are not in the cohort table. Their
+    tests are reported as having no values, and the other panels' tests are run."""
+    from immuno.test import NO_VALUES
+
+    b_only = random_cohort[random_cohort["population"] != "cd8"]
+    spec = [
+        {"population": "cd8", "metric": "absolute_count"},
+        {"population": "treg", "metric": "percent_of_parent"},
+    ]
+    with caplog.at_level("WARNING", logger="immuno.test"):
+        paths = write_stats(b_only, tmp_path, spec)
+    assert "population cd8 is not in the cohort table" in caplog.text
+    pooled = pd.read_csv(paths["paired_pooled"], sep="\t").set_index("population")
+    assert pooled.loc["cd8", "method"] == NO_VALUES and pooled.loc["cd8", "n_pairs"] == 0
+    assert np.isnan(pooled.loc["cd8", "p_value"])
+    direct = paired_change(b_only, populations=["treg"], metric="percent_of_parent")
+    assert pooled.loc["treg", "p_value"] == pytest.approx(direct.iloc[-1]["p_value"])
+    assert pooled.loc["treg", "p_adjusted"] == pytest.approx(pooled.loc["treg", "p_value"])
+    between = pd.read_csv(paths["between_groups"], sep="\t")
+    assert list(between["population"]) == ["treg"]

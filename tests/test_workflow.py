@@ -372,3 +372,37 @@ def test_a_reviewer_corrects_a_gate_in_the_browser_and_the_rerun_applies_it(
         after[others].reset_index(drop=True),
         before[before.sample_id != sample["id"]].reset_index(drop=True),
     )
+
+
+def test_a_minimal_study_config_runs_from_its_own_folder_with_a_failed_panel(tmp_path):
+    """A study's config with only ``samples:`` and ``panels:`` (its own panel names),
+    run from its own folder: nothing of the demo's config leaks in, the defaults give
+    the tests of the populations its gating defines, and a panel whose every file is
+    missing is reported while the other panel gets its statistics and figure panels."""
+    from immuno.simulate import simulate_cohort
+
+    study = tmp_path / "my study"
+    simulate_cohort(study / "data", seed=5, events=2000, patients=3)
+    sheet = pd.read_csv(study / "data" / "samples.tsv", sep="\t", dtype=str)
+    sheet["panel"] = sheet["panel"].map({"T": "Tcell", "B": "Bcell"})
+    t_tube = sheet["panel"] == "Tcell"
+    sheet.loc[t_tube, "fcs_path"] = "fcs/lost_" + sheet.loc[t_tube, "sample_id"] + ".fcs"
+    sheet.to_csv(study / "data" / "sheet.tsv", sep="\t", index=False)  # paths: data/fcs/
+    (study / "study.yaml").write_text(
+        "samples: data/sheet.tsv\n"
+        f"panels:\n  Tcell: {ROOT / 'gates/t_cell.yaml'}\n  Bcell: {ROOT / 'gates/b_cell.yaml'}\n"
+    )
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--configfile", "study.yaml"]
+    proc = subprocess.run([*cmd, "--cores", "2"], cwd=study, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Default statistics.tests: cd4 (absolute_count)" in proc.stderr
+    res = study / "results"
+    assert sorted(p.name for p in (res / "exports").glob("*.h5ad")) == ["Bcell.h5ad", "Tcell.h5ad"]
+    assert "T, B" not in (res / "methods.rst").read_text()
+    failed = _read(res / "failed_samples.tsv")
+    assert set(failed["sample_id"]) == set(sheet.loc[t_tube, "sample_id"])
+    pooled = _read(res / "stats" / "paired_pooled.tsv").set_index("population")
+    assert pooled.loc["cd4", "method"].startswith("no values")
+    assert pooled.loc["cd19", "n_pairs"] == 3 and np.isfinite(pooled.loc["cd19", "p_value"])
+    assert (res / "figures" / "reconstitution.png").stat().st_size > 10_000
+    assert not (ROOT / "data" / "sheet.tsv").exists()  # nothing written in the repository

@@ -444,6 +444,23 @@ def paired_axes(
     return ax
 
 
+def _no_values(ax, name: str) -> None:
+    """An empty panel for a population the cohort table does not hold."""
+    ax.set_title(name, fontsize=_TITLE_SIZE)
+    ax.text(
+        0.5,
+        0.5,
+        f"no values for {name}\n(not in the cohort table: did every\nsample of its panel fail?)",
+        ha="center",
+        va="center",
+        fontsize=_LABEL_SIZE,
+        color="0.35",
+        transform=ax.transAxes,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def reconstitution_figure(
     counts: pd.DataFrame,
     *,
@@ -463,7 +480,9 @@ def reconstitution_figure(
     ``populations``. Bottom row: :func:`paired_axes` of each ``(population, metric,
     title)`` in ``subsets`` at ``baseline`` vs ``followup`` (months from entry), with the
     pooled Wilcoxon p-value from ``stats`` (:func:`immuno.test.paired_change` output) if
-    given. One shared legend names the groups; panels are lettered a, b, ...
+    given. One shared legend names the groups; panels are lettered a, b, ... A
+    population with no row in ``counts`` (every sample of its panel failed) gets an empty
+    panel that says so, and the other panels are drawn.
 
     Returns
     -------
@@ -485,12 +504,16 @@ def reconstitution_figure(
     fig = Figure(figsize=(3.6 * ncols, 3.9 * nrows), layout="constrained")
     grid = fig.add_gridspec(nrows, ncols)
     axes, row = [], 0
+    present = set(counts["population"].astype(str)) if "population" in counts else set()
     if populations:
         for col, population in enumerate(populations):
             ax = fig.add_subplot(grid[row, col])
-            reconstitution_axes(
-                counts, population, ax=ax, by=by, metric="absolute_count", legend=False
-            )
+            if population in present:
+                reconstitution_axes(
+                    counts, population, ax=ax, by=by, metric="absolute_count", legend=False
+                )
+            else:
+                _no_values(ax, population_label(population))
             axes.append(ax)
         row += 1
     for col, subset in enumerate(subsets):
@@ -502,6 +525,10 @@ def reconstitution_figure(
             )
         population, metric, title = subset
         ax = fig.add_subplot(grid[row, col])
+        axes.append(ax)
+        if population not in present:
+            _no_values(ax, title)
+            continue
         paired_axes(
             counts,
             population,
@@ -514,19 +541,15 @@ def reconstitution_figure(
             legend=False,
             title=title,
         )
-        axes.append(ax)
     for letter, ax in zip("abcdefghijklmnopqrstuvwxyz", axes, strict=False):
         ax.set_title(letter, loc="left", fontsize=_TITLE_SIZE + 1, fontweight="bold")
 
-    groups = sorted(
-        set(
-            patient_table(
-                counts,
-                population=(populations or [subsets[0][0]])[0],
-                metric="absolute_count" if populations else subsets[0][1],
-                by=by,
-            )[by]
-        )
+    drawn = [(p, "absolute_count") for p in populations] + [(s[0], s[1]) for s in subsets]
+    drawn = [(p, m) for p, m in drawn if p in present]
+    groups = (
+        sorted(set(patient_table(counts, population=drawn[0][0], metric=drawn[0][1], by=by)[by]))
+        if drawn
+        else []
     )
     handles = [
         Line2D([], [], color=_color(i), marker="o", markersize=4, linewidth=1.8, label=g)

@@ -122,6 +122,8 @@ _EXACT = "exact"
 _PERMUTATION = "exact permutation (ties or zeros)"
 _ASYMPTOTIC = "asymptotic (normal, tie- and continuity-corrected)"
 _TOO_FEW_PAIRS = "too few pairs"
+#: ``method`` of a test whose population has no row in the cohort table.
+NO_VALUES = "no values (not in the cohort table)"
 _TOO_FEW_PATIENTS = "too few patients"
 _ALL_ZERO = "no non-zero differences"
 
@@ -726,13 +728,47 @@ def write_stats(
         between-group test: ``between_groups.tsv`` has its header and no rows (and a
         warning is logged). ``p_adjusted`` is Benjamini-Hochberg across
         every entry of ``spec`` (within each group for the paired tables).
+
+        A population of ``spec`` with no row in the cohort table (every sample of its
+        panel failed) does not stop the others: it gets one pooled row with no pairs
+        and the method :data:`NO_VALUES`, and a warning is logged.
     """
     items = _check_spec(spec)
     if include_review:
         counts = keep_reviewed(counts)
     kwargs = {"baseline": baseline, "followup": followup, "by": by}
+    present = set(counts["population"].astype(str)) if "population" in counts else set()
+    absent = [(p, m) for p, m in items if p not in present]
+    items = [(p, m) for p, m in items if p in present]
+    for p, m in absent:
+        log.warning(
+            "population %s is not in the cohort table (every sample of its panel failed?): "
+            "no %s test",
+            p,
+            m,
+        )
+    empty = pd.DataFrame(
+        [
+            {
+                "group": POOLED,
+                "population": p,
+                "metric": m,
+                "baseline_month": baseline,
+                "followup_month": followup,
+                "n_pairs": 0,
+                "n_excluded": 0,
+                "n_qc_excluded": 0,
+                "method": NO_VALUES,
+            }
+            for p, m in absent
+        ],
+        columns=PAIRED_COLUMNS,
+    )
     paired = pd.concat(
-        [paired_change(counts, populations=[p], metric=m, **kwargs) for p, m in items],
+        [
+            *(paired_change(counts, populations=[p], metric=m, **kwargs) for p, m in items),
+            empty,
+        ],
         ignore_index=True,
     )
     order = {g: i for i, g in enumerate([*sorted(set(paired["group"]) - {POOLED}), POOLED])}
@@ -750,7 +786,8 @@ def write_stats(
         between = pd.DataFrame(columns=BETWEEN_COLUMNS)
     else:
         between = pd.concat(
-            [change_between_groups(counts, populations=[p], metric=m, **kwargs) for p, m in items],
+            [change_between_groups(counts, populations=[p], metric=m, **kwargs) for p, m in items]
+            or [pd.DataFrame(columns=BETWEEN_COLUMNS)],
             ignore_index=True,
         )
         between["p_adjusted"] = bh_adjust(between["p_value"].to_numpy(float))

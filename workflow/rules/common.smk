@@ -4,6 +4,24 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+
+def _check_config():
+    """Unknown keys (with the nearest known name) and schema violations, in one line each,
+    before Snakemake's own validation fills the defaults."""
+    from immuno.config import check_config
+    from immuno.errors import ImmunoError
+
+    try:
+        check_config(
+            config,
+            Path(workflow.current_basedir) / "../schemas/config.schema.yaml",
+            source=", ".join(map(str, workflow.configfiles)) or None,
+        )
+    except ImmunoError as exc:
+        raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
+
+
+_check_config()
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -53,6 +71,41 @@ def _load_samples():
 
 
 samples = _load_samples()
+
+
+def _study_populations():
+    """Tests and figure panels for the reported populations the study's gating defines,
+    where the config leaves them out, and every population the config names checked
+    against it. A template that does not load is reported by check_inputs, for its
+    samples: the defaults then hold every reported population, and nothing is checked.
+    """
+    from immuno.cohort import load_templates
+    from immuno.config import DEFAULT_TESTS, check_populations, study_defaults
+    from immuno.errors import ImmunoError
+
+    try:
+        templates = load_templates(config["panels"])
+        loaded = True
+    except ImmunoError:
+        from types import SimpleNamespace
+
+        names = [SimpleNamespace(name=p) for p, _ in DEFAULT_TESTS]
+        templates, loaded = {"any": SimpleNamespace(populations=names)}, False
+    has_counts = "lymphocyte_count" in samples.columns
+    for note in study_defaults(config, templates, has_counts=has_counts):
+        logger.info(f"Default {note}")
+    if loaded:
+        try:
+            check_populations(
+                config,
+                templates,
+                source=", ".join(map(str, workflow.configfiles)) or None,
+            )
+        except ImmunoError as exc:
+            raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
+
+
+_study_populations()
 
 
 def get_corrections():
