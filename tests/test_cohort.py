@@ -683,3 +683,45 @@ def test_written_files_have_the_umask_permissions(tmp_path, umask):
     for name in ("t.tsv", "u.txt"):
         mode = (tmp_path / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~umask == plain.stat().st_mode & 0o777, name
+
+
+def test_the_run_summary_says_what_was_done_what_failed_and_what_to_review(tmp_path):
+    from immuno.cohort import run_summary
+
+    res = tmp_path / "results"
+    assert "no samples gated yet" in run_summary(res)
+    (res / "review").mkdir(parents=True)
+    (res / "review" / "index.html").write_text("")
+    pd.DataFrame(
+        {
+            "sample_id": ["0001", "0001", "0002", "0003"],
+            "population": ["live", "cd3", "live", "live"],
+            "count": [10, 5, 10, 10],
+            "qc_flag": ["", "upstream_review(live)", "corrected", "excluded"],
+        }
+    ).to_csv(res / "counts.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "sample_id": [f"S{i}" for i in range(12)],
+            "stage": "input_check",
+            "error": "FCSError",
+            "message": "FCS file does not exist",
+        }
+    ).to_csv(res / "failed_samples.tsv", sep="\t", index=False)
+    text = run_summary(res, limit=3)
+    assert text.splitlines()[0] == f"3 of 15 samples gated ({res / 'counts.tsv'})"
+    # a reviewer's word (corrected, excluded) is settled; an ordinary flag is not
+    assert f"1 sample with a value to review: 0001 (see {res}/review/index.html#flagged)" in text
+    assert (
+        "12 samples failed" in text
+        and "  S0 [input_check] FCSError: FCS file does not exist" in text
+    )
+    assert text.splitlines()[-1] == "  ... and 9 more"
+
+
+def test_progress_lines_are_spaced_in_time_and_end_at_the_total(capsys):
+    from immuno.util import Progress
+
+    p = Progress("gating T", 5, every=3600)
+    assert list(p.wrap(range(5))) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().err.splitlines() == ["gating T: 1/5 (20%)", "gating T: 5/5 (100%)"]

@@ -121,7 +121,10 @@ def tiny_cohort(tmp_path_factory) -> Path:
     sheet["fcs_path"] = "demo/" + sheet["fcs_path"]
     sheet.to_csv(root / "samples.tsv", sep="\t", index=False)
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"samples": str(root / "samples.tsv")}))
+    # a study's config replaces the demo's: the shipped one with this cohort's sheet
+    study = yaml.safe_load((REPO / "config.yaml").read_text())
+    study["samples"] = str(root / "samples.tsv")
+    config.write_text(yaml.safe_dump(study))
     return config
 
 

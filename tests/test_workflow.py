@@ -406,3 +406,9 @@ def test_a_minimal_study_config_runs_from_its_own_folder_with_a_failed_panel(tmp
     assert pooled.loc["cd19", "n_pairs"] == 3 and np.isfinite(pooled.loc["cd19", "p_value"])
     assert (res / "figures" / "reconstitution.png").stat().st_size > 10_000
     assert not (ROOT / "data" / "sheet.tsv").exists()  # nothing written in the repository
+    # the console says how far the long steps are, and sums the run up at the end
+    assert "gating Bcell (pass 1): 24/24 (100%)" in proc.stderr
+    assert "review figures: 24/24 (100%)" in proc.stderr
+    summary = proc.stderr[proc.stderr.index("immuno: finished") :]
+    assert "24 of 48 samples gated" in summary and "24 samples failed" in summary
+    assert "FCSError: FCS file does not exist" in summary

@@ -2001,15 +2001,26 @@ def _gate_path(args) -> SampleGating:
         return SampleGating(inp.sample_id, inp.patient_id, {}, None, None, {}, 0, error=record)
 
 
-def _map(fn, items, workers):
+def _map(fn, items, workers, label: str | None = None):
+    """``[fn(i) for i in items]`` in ``workers`` processes; with ``label``, progress
+    lines on the console and in the log (:class:`~immuno.util.Progress`)."""
+    from .util import Progress
+
+    def track(results):
+        return Progress(label, len(items), logger=log).wrap(results) if label else results
+
     if workers <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
+        return list(track(fn(i) for i in items))
     with ProcessPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
+        return list(track(ex.map(fn, items, chunksize=max(1, len(items) // (4 * workers)))))
 
 
 def gate_samples(
-    samples: Sequence[SampleInput], template: Template, *, workers: int = 1
+    samples: Sequence[SampleInput],
+    template: Template,
+    *,
+    workers: int = 1,
+    label: str | None = None,
 ) -> list[SampleGating]:
     """Gate a cohort of one panel: pass 1 per sample, then borrowing where needed.
 
@@ -2030,7 +2041,13 @@ def gate_samples(
     """
     from dataclasses import replace as _with
 
-    first = _map(_gate_path, [(s, template, None, ()) for s in samples], workers)
+    name = label or template.name or "panel"
+    first = _map(
+        _gate_path,
+        [(s, template, None, ()) for s in samples],
+        workers,
+        label=f"gating {name} (pass 1)",
+    )
     auto = list(first)
     corrected = [i for i, s in enumerate(samples) if s.corrections]
     if corrected:
@@ -2059,7 +2076,9 @@ def gate_samples(
             redo.append((i, (samples[i], template, borrowed, replace)))
     if redo:
         log.info("pass 2: %d of %d samples borrow gates", len(redo), len(samples))
-        second = _map(_gate_path, [a for _, a in redo], workers)
+        second = _map(
+            _gate_path, [a for _, a in redo], workers, label=f"gating {name} (pass 2, borrowing)"
+        )
         for (i, _), res in zip(redo, second, strict=True):
             first[i] = res
     # Judged by pass 1's medians and spreads: without its outliers the cohort looks

@@ -404,7 +404,7 @@ def gate_cohort(
             for r in sub.itertuples()
         ]
         log.info("gating %d samples of panel %s with %d workers", len(inputs), panel, workers)
-        results = gate_samples(inputs, template, workers=workers)
+        results = gate_samples(inputs, template, workers=workers, label=panel)
         by_id = {r["sample_id"]: r for r in sub.to_dict("records")}
         for res in results:
             if res.error is not None:
@@ -622,11 +622,68 @@ def review_cohort(
                     specs.get(row.panel, {}),
                 )
             )
+    from .util import Progress
+
+    progress = Progress("review figures", len(jobs), logger=log)
     if workers <= 1:
-        drawn = [_review_one(j) for j in jobs]
+        drawn = list(progress.wrap(_review_one(j) for j in jobs))
     else:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            drawn = list(ex.map(_review_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+            chunks = max(1, len(jobs) // (4 * workers))
+            drawn = list(progress.wrap(ex.map(_review_one, jobs, chunksize=chunks)))
     order = {sid: gates for sid, gates in drawn if gates is not None}
     write_review_page(review_records(counts, order), outdir / "index.html")
     return [sid for sid, gates in drawn if gates is None]
+
+
+def run_summary(results: str | Path, *, limit: int = 10) -> str:
+    """The run in a few lines for the console: samples gated, samples failed (with their
+    error, the first ``limit``), samples with a value to review, and where to look.
+
+    Reads ``results/counts.tsv`` (or, before it exists, ``results/gating/gating_counts.tsv``)
+    and ``results/failed_samples.tsv``; what is missing is said, not guessed.
+    """
+    from .util import read_tsv
+
+    results = Path(results)
+    lines = []
+    counts_path = next(
+        (
+            p
+            for p in (results / "counts.tsv", results / "gating" / "gating_counts.tsv")
+            if p.exists()
+        ),
+        None,
+    )
+    failed_path = results / "failed_samples.tsv"
+    failed = read_tsv(failed_path) if failed_path.exists() else None
+    if counts_path is None:
+        lines.append("no samples gated yet (results/counts.tsv is not written)")
+    else:
+        counts = read_tsv(counts_path, na_values={"percent_of_parent": [""]})
+        gated = counts["sample_id"].astype(str).nunique()
+        # a reviewer's word (corrected, excluded) needs no more looking at
+        settled = ("corrected", "excluded", "upstream_excluded(")
+        flags = counts["qc_flag"].fillna("").astype(str).str.split(";")
+        open_ = flags.map(lambda fs: any(f.strip() and not f.startswith(settled) for f in fs))
+        review = counts.loc[open_, "sample_id"].astype(str).unique()
+        total = gated + (len(failed) if failed is not None else 0)
+        lines.append(f"{gated} of {total} samples gated ({counts_path})")
+        if len(review):
+            shown = ", ".join(sorted(review)[:limit]) + (" ..." if len(review) > limit else "")
+            page = results / "review" / "index.html"
+            lines.append(
+                f"{len(review)} sample{'s' if len(review) != 1 else ''} with a value to "
+                f"review: {shown}" + (f" (see {page}#flagged)" if page.exists() else "")
+            )
+        else:
+            lines.append("no value to review")
+    if failed is not None and len(failed):
+        lines.append(
+            f"{len(failed)} sample{'s' if len(failed) != 1 else ''} failed (see {failed_path}):"
+        )
+        for r in failed.head(limit).itertuples():
+            lines.append(f"  {r.sample_id} [{r.stage}] {r.error}: {r.message}")
+        if len(failed) > limit:
+            lines.append(f"  ... and {len(failed) - limit} more")
+    return "\n".join(lines)

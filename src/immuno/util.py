@@ -11,7 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TEXT_COLUMNS", "atomic_path", "read_tsv", "special_file", "write_tsv", "sha256_file"]
+__all__ = [
+    "TEXT_COLUMNS",
+    "Progress",
+    "atomic_path",
+    "read_tsv",
+    "special_file",
+    "write_tsv",
+    "sha256_file",
+]
 
 #: Columns of the tables the workflow writes that hold text whatever they look like: an id
 #: ``0001`` or ``1e3`` stays that string and ``NA`` stays ``NA`` (a patient or sample may be
@@ -119,3 +127,37 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class Progress:
+    """Progress of a long step over samples, for the console and the log: a line
+    ``<label>: <done>/<total> (<pct>%)`` for the first item, then at most every
+    ``every`` seconds, and at the end; on stderr and through ``logger``."""
+
+    def __init__(self, label: str, total: int, *, logger=None, every: float = 10.0):
+        import time
+
+        self.label, self.total, self.logger, self.every = label, total, logger, every
+        self.done = 0
+        self._clock = time.monotonic
+        self._last = self._clock()
+
+    def step(self, n: int = 1) -> None:
+        import sys
+
+        self.done += n
+        now = self._clock()
+        if 1 < self.done < self.total and now - self._last < self.every:
+            return  # the first line says the step has begun; the last that it is done
+        self._last = now
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        line = f"{self.label}: {self.done}/{self.total} ({pct:.0f}%)"
+        print(line, file=sys.stderr, flush=True)
+        if self.logger is not None:
+            self.logger.info(line)
+
+    def wrap(self, iterable):
+        """Yield from ``iterable``, one step per item."""
+        for item in iterable:
+            yield item
+            self.step()
