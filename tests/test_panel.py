@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
 from immuno.errors import GatingFileError, PanelError
 from immuno.panel import Panel, normalise_name
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VIABILITY_ALIASES = ["Viability", "L/D", "LIVE DEAD Aqua", "LIVE/DEAD Aqua", "Live Dead", "Aqua"]
 
@@ -311,3 +314,36 @@ def test_flowkit_100715_against_the_shipped_t_template_names_the_first_gap(
     assert exc.field == "viability"
     assert exc.file == fcs.path and exc.sample == "100715"
     assert "V450-A=VIVID / CD14" in exc.hint
+
+
+@pytest.mark.parametrize(
+    "value, stored",
+    [("none", "uncompensated"), ("null", "uncompensated"), ("uncompensated", "uncompensated"),
+     ("fcs", "FCS")],
+)  # fmt: skip
+def test_compensation_none_is_a_panel_without_compensation(tmp_path, value, stored, demo_cohort):
+    import re
+
+    from immuno.autogate import gate_one, load_template
+    from immuno.read import read_fcs
+
+    src = (ROOT / "gates" / "t_cell.yaml").read_text()
+    path = tmp_path / "t.yaml"
+    path.write_text(re.sub(r"compensation: FCS.*", f"compensation: {value}", src))
+    template = load_template(path)
+    assert template.panel.compensation == stored
+    res = gate_one(read_fcs(demo_cohort / "fcs" / "P01_m0_T.fcs"), template, sample_id="s")
+    assert res.table["count"].iloc[0] > 0
+
+
+def test_an_unknown_compensation_is_refused_with_the_accepted_values(tmp_path):
+    import re
+
+    from immuno.autogate import load_template
+
+    src = (ROOT / "gates" / "t_cell.yaml").read_text()
+    path = tmp_path / "t.yaml"
+    path.write_text(re.sub(r"compensation: FCS.*", "compensation: spill.csv", src))
+    with pytest.raises(GatingFileError) as err:
+        load_template(path)
+    assert err.value.field == "panel.compensation" and "none" in str(err.value)

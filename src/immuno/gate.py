@@ -390,7 +390,8 @@ def resolve_compensation(fcs, strategy: GatingStrategy, comp_id: str) -> Compens
                 "$SPILLOVER/$SPILL keyword",
                 file=fcs.path,
                 field="$SPILLOVER",
-                hint="name a spillover matrix file in the panel",
+                hint="if the data are already compensated or need none, set "
+                "`compensation: none` in the template's panel",
             )
         return Compensation(spill[0], spill[1], id="FCS")
     try:

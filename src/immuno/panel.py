@@ -119,7 +119,7 @@ class Panel:
             name=name,
             markers=markers,
             transforms=transforms,
-            compensation=str(spec.get("compensation", "FCS")),
+            compensation=_compensation(spec.get("compensation", "FCS"), source),
             source=source,
         )
 
@@ -189,3 +189,22 @@ class Panel:
                 )
             out[m.name] = hits[0]
         return out
+
+
+#: What a panel's ``compensation`` may say: the file's own matrix, or none.
+COMPENSATIONS = {"fcs": "FCS", "none": "uncompensated", "uncompensated": "uncompensated"}
+
+
+def _compensation(value, source) -> str:
+    """``FCS`` (the file's own ``$SPILLOVER``/``$SPILL``) or ``uncompensated`` (``none``:
+    data already compensated, or a panel without spillover)."""
+    key = str(value).strip().lower() if value is not None else "none"
+    if key not in COMPENSATIONS:
+        raise GatingFileError(
+            f"compensation {value!r} is not known",
+            file=source,
+            field="panel.compensation",
+            hint="FCS (the file's own $SPILLOVER, the default) or none (data already "
+            "compensated, or no spillover)",
+        )
+    return COMPENSATIONS[key]
