@@ -251,3 +251,43 @@ def test_unsafe_workspace_is_refused_quickly(tmp_path):
     with pytest.raises(GatingFileError, match="entities") as err:
         load_flowjo(evil)
     assert time.perf_counter() - t0 < 1.0 and err.value.file == str(evil)
+
+
+def test_a_workspace_before_flowjo_10_is_refused_not_read_as_empty(shared_data, tmp_path):
+    """FlowJo 9 and earlier hold their gates in another layout: read as FlowJo 10 they
+    would give no population at all, so they are refused with the way out."""
+    import re
+
+    src = shared_data / FK / "data" / "simple_diamond_example" / "test_data_diamond_biex_rect.wsp"
+    text = src.read_text()
+    old = tmp_path / "flowjo9.wsp"
+    old.write_text(
+        re.sub(
+            r'flowJoVersion="[^"]*"',
+            'flowJoVersion="9.9.6"',
+            text.replace('version="20.0"', 'version="2.0"', 1),
+        )
+    )
+    with pytest.raises(GatingFileError) as err:
+        load_flowjo(old)
+    assert "only FlowJo 10 workspaces" in str(err.value) and "Gating-ML" in err.value.hint
+    assert err.value.field == "Workspace.version"
+    bare = tmp_path / "no_version.wsp"
+    bare.write_text("<Workspace><SampleList/></Workspace>")
+    with pytest.raises(GatingFileError, match="version"):
+        load_flowjo(bare)
+
+
+def test_a_sample_name_two_samples_share_is_refused(shared_data, tmp_path):
+    src = shared_data / FK / "data" / "simple_diamond_example" / "test_data_diamond_biex_rect.wsp"
+    text = src.read_text()
+    start, end = text.index("<Sample>"), text.index("</Sample>") + len("</Sample>")
+    twice = tmp_path / "twice.wsp"
+    twice.write_text(
+        text[:end] + text[start:end].replace('sampleID="1"', 'sampleID="2"') + text[end:]
+    )
+    with pytest.raises(GatingFileError) as err:
+        load_flowjo(twice, "test_data_diamond_01.fcs")
+    assert "2 samples of the workspace are called" in str(err.value)
+    assert "(id 1)" in err.value.hint and "(id 2)" in err.value.hint
+    assert load_flowjo(twice, "2").gates  # by its id, one of them

@@ -425,7 +425,9 @@ def test_apply_gates_to_file_xml(shared_data, shared_fcs, compliance, tmp_path):
         "count",
         "parent_count",
         "percent_of_parent",
+        "qc_flag",
     ]
+    assert counts["qc_flag"].isna().all()  # a fixed gating file flags nothing
     _, result = compliance(2)
     assert counts["sample_id"].eq("S-1").all()
     assert list(counts["population"]) == list(result.masks)
@@ -439,7 +441,7 @@ def test_apply_gates_to_file_xml(shared_data, shared_fcs, compliance, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["counts.tsv", "membership.csv.gz"]
 
 
-def test_apply_gates_to_file_wsp_and_cli(shared_data, tmp_path):
+def test_apply_gates_to_file_wsp_and_cli(shared_data, tmp_path, capsys):
     from immuno.cli import main
 
     d = shared_data / "flowkit_testdata/data/simple_line_example"
@@ -458,6 +460,10 @@ def test_apply_gates_to_file_wsp_and_cli(shared_data, tmp_path):
     assert rc == 0
     counts, members = _read_outputs(out)
     assert counts.loc[0, "sample_id"] == "data_set_simple_line_100"
+    assert capsys.readouterr().out.startswith(
+        "data_set_simple_line_100: 1 populations gated with single_ellipse_51_events.wsp, "
+        "0 with a qc_flag -> "
+    )
     assert counts.loc[0, "population"] == "ellipse1" and counts.loc[0, "count"] == 51
     assert members["ellipse1"].sum() == 51 and len(members) == 100
 
@@ -527,6 +533,10 @@ def test_template_dispatch_and_realised_strategy_round_trip(simulated_tube, tmp_
     s = autogate.strategy_for_file(template, fcs)
     ours = s.apply(fcs)
     assert list(counts["count"]) == [ours.count(p) for p in s.gates]
+    # the template's review reasons, as gating the file alone gives them
+    fitted = autogate.gate_template(template, fcs)
+    flags = counts.set_index("population")["qc_flag"].fillna("")
+    assert flags.to_dict() == {p: fitted.flag(p) for p in s.gates}
     with caplog.at_level("WARNING", logger="immuno.gatingml"):
         write_gatingml(s, tmp_path / "t.xml")
     s2 = load_gatingml(tmp_path / "t.xml")

@@ -62,6 +62,7 @@ __all__ = [
     "gate_samples",
     "gate_one",
     "strategy_for_file",
+    "gate_template",
     "load_gating",
     "StaticGating",
     "METHODS",
@@ -2191,8 +2192,14 @@ def cohort_outliers(
 
 def strategy_for_file(template_path: str | Path, fcs) -> GatingStrategy:
     """Fit a template to one file on its own and return the realised strategy."""
+    return gate_template(template_path, fcs).strategy
+
+
+def gate_template(template_path: str | Path, fcs, sample_id: str | None = None) -> SampleGating:
+    """Fit a template to one file on its own (no cohort to borrow from): its gates and
+    flags (:class:`SampleGating`)."""
     template = load_template(template_path)
-    return gate_one(fcs, template, sample_id=Path(fcs.path).stem).strategy
+    return gate_one(fcs, template, sample_id=sample_id or Path(fcs.path).stem)
 
 
 def realised_params(results: list[SampleGating], template: Template):

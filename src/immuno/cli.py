@@ -47,8 +47,10 @@ def _cmd_apply_gates(args: argparse.Namespace) -> int:
     from .gatingml import apply_gates_to_file
 
     threads = args.threads or _usable_cpus()
-    apply_gates_to_file(
-        args.gates, args.fcs, sample_id=args.sample_id, out=args.out, threads=threads
+    print(
+        apply_gates_to_file(
+            args.gates, args.fcs, sample_id=args.sample_id, out=args.out, threads=threads
+        )
     )
     return 0
 
@@ -72,8 +74,24 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  immuno inspect data/demo/fcs/*.fcs                 one line per file
+  immuno simulate --out my_demo --patients 4         a small demo cohort with truth
+  immuno apply-gates --gates results/gates/P01_m0_T.xml --fcs P01_m0_T.fcs --out out/
+  immuno apply-gates --gates gates/t_cell.yaml --fcs my_file.fcs --out out/
+  immuno review results                              correct gates at http://127.0.0.1:8765/
+
+each command: immuno <command> --help"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="immuno", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="immuno",
+        description="immuno: flow cytometry immunophenotyping.\nThe workflow runs with "
+        "snakemake (README.md); these commands serve single files and the review.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -98,6 +98,30 @@ class _Wsp:
                 f"root element is <{_local(self.root.tag)}>, not <Workspace>",
                 hint="expected a FlowJo 10 .wsp file",
             )
+        self._check_version()
+
+    def _check_version(self) -> None:
+        """FlowJo 10 writes ``version="20.0"`` (and ``flowJoVersion="10..."``); the
+        workspaces of FlowJo 9 and earlier (version 1.x-3.x) hold their gates in another
+        layout, which this reader would find empty."""
+        version = self.root.get("version")
+        app = self.root.get("flowJoVersion") or ""
+        try:
+            major = float(version) if version is not None else None
+        except ValueError:
+            major = None
+        app_major = app.split(".", 1)[0]
+        old = (major is not None and major < 20) or (app_major.isdigit() and int(app_major) < 10)
+        if major is None and not app_major.isdigit():
+            old = True  # no version at all: not a FlowJo 10 workspace
+        if old:
+            raise self.error(
+                f"a FlowJo workspace of version {version or '(none)'}"
+                + (f" (FlowJo {app})" if app else "")
+                + ": only FlowJo 10 workspaces (version 20) are read",
+                field="Workspace.version",
+                hint="open and save it in FlowJo 10, or export its gates as Gating-ML 2.0",
+            )
 
     def error(self, msg: str, *, sample=None, field=None, hint=None) -> GatingFileError:
         return GatingFileError(msg, file=self.path, sample=sample, field=field, hint=hint)
@@ -289,6 +313,12 @@ def load_flowjo(path: str | os.PathLike, sample: str | None = None) -> GatingStr
                 f"no sample {sample!r} in the workspace",
                 sample=sample,
                 hint="samples: " + ", ".join(n for n, _, _ in samples),
+            )
+        if len(hit) > 1:
+            raise w.error(
+                f"{len(hit)} samples of the workspace are called {sample!r} (name or id)",
+                sample=sample,
+                hint="name one by its sampleID: " + ", ".join(f"{n} (id {i})" for n, i, _ in hit),
             )
         sname, _, sel = hit[0]
 

@@ -1252,8 +1252,9 @@ class GatingResult:
         p = self.parents[pop]
         return self.n_events if p is None else self.count(p)
 
-    def counts_tsv(self, sample_id: str) -> str:
-        """:meth:`table` with a leading ``sample_id`` column, as TSV text.
+    def counts_tsv(self, sample_id: str, flags: dict[str, str] | None = None) -> str:
+        """:meth:`table` with a leading ``sample_id`` column, as TSV text; with
+        ``flags`` (``{population: qc_flag}``), a last ``qc_flag`` column.
 
         The text pandas' ``to_csv(sep="\\t", index=False)`` writes (percent as the
         shortest repr, empty when the parent is empty), made without pandas.
@@ -1265,6 +1266,7 @@ class GatingResult:
         w = csv.writer(buf, delimiter="\t", lineterminator="\n")
         w.writerow(
             ["sample_id", "population", "parent", "count", "parent_count", "percent_of_parent"]
+            + (["qc_flag"] if flags is not None else [])
         )
         counts = {pop: int(np.count_nonzero(m)) for pop, m in self.masks.items()}
         for pop in self.masks:
@@ -1272,7 +1274,8 @@ class GatingResult:
             c = counts[pop]
             pc = self.n_events if parent is None else counts[parent]
             pct = repr(100.0 * c / pc) if pc else ""
-            w.writerow([sample_id, pop, parent or "root", c, pc, pct])
+            row = [sample_id, pop, parent or "root", c, pc, pct]
+            w.writerow(row + ([flags.get(pop, "")] if flags is not None else []))
         return buf.getvalue()
 
     def write_membership(self, path) -> None:

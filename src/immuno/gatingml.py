@@ -867,12 +867,18 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_gating_result(result: GatingResult, out: str | os.PathLike, sample_id: str) -> None:
+def write_gating_result(
+    result: GatingResult,
+    out: str | os.PathLike,
+    sample_id: str,
+    flags: dict[str, str] | None = None,
+) -> None:
     """Write ``out/counts.tsv`` and ``out/membership.csv.gz`` for one sample.
 
     ``counts.tsv``: ``sample_id, population, parent, count, parent_count,
     percent_of_parent`` (percent 0-100 of the parent's events; the parent of a
-    top-level population is ``root``, all events). ``membership.csv.gz``: one
+    top-level population is ``root``, all events), and ``qc_flag`` when ``flags``
+    (``{population: qc_flag}``) are given. ``membership.csv.gz``: one
     0/1 column per population (header: the population names), one row per
     event in FCS order (a standard gzip file, written by
     :func:`immuno.gate.write_membership`). Each file is written to a temporary
@@ -880,7 +886,7 @@ def write_gating_result(result: GatingResult, out: str | os.PathLike, sample_id:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "counts.tsv", result.counts_tsv(sample_id).encode("utf-8"))
+    _atomic_write_bytes(out / "counts.tsv", result.counts_tsv(sample_id, flags).encode("utf-8"))
     with atomic_path(out / "membership.csv.gz") as tmp:
         result.write_membership(tmp)
 
@@ -909,7 +915,7 @@ def apply_gates_to_file(
     sample_id: str | None = None,
     out: str | os.PathLike,
     threads: int = 1,
-) -> None:
+) -> str:
     """Apply a gating file to one FCS file and write counts and memberships.
 
     Parameters
@@ -918,7 +924,8 @@ def apply_gates_to_file(
         ``.xml`` (Gating-ML 2.0), ``.wsp`` (FlowJo 10 workspace: the sample named
         ``sample_id`` or the FCS file's name; a one-sample workspace needs
         neither) or ``.yaml``/``.yml`` (a data-driven template, fitted to this
-        file by :func:`immuno.autogate.strategy_for_file`).
+        file by :func:`immuno.autogate.gate_template`, whose review reasons fill
+        ``qc_flag``).
     fcs
         The FCS file (read-only).
     sample_id
@@ -929,6 +936,13 @@ def apply_gates_to_file(
     threads
         Blocks of events gated at once (see :meth:`GatingStrategy.apply`); the
         counts do not depend on it.
+
+    Returns
+    -------
+    str
+        One line: the sample, how many populations were gated with which file, how
+        many carry a ``qc_flag`` (a template's review reasons; a fixed gating file has
+        none) and where the outputs are.
     """
     from .read import read_fcs
 
@@ -944,6 +958,7 @@ def apply_gates_to_file(
         raise GatingFileError("gating file does not exist", file=str(gpath))
     sid = sample_id or fpath.stem
     data = read_fcs(fpath)
+    flags: dict[str, str] = {}
     if suffix == ".xml":
         strategy = load_gatingml(gpath)
     elif suffix == ".wsp":
@@ -952,14 +967,16 @@ def apply_gates_to_file(
         strategy = load_flowjo(gpath, sample=_flowjo_sample(gpath, fpath, sample_id))
     else:
         try:
-            from .autogate import strategy_for_file
+            from .autogate import gate_template
         except ImportError:
             raise GatingFileError(
                 "data-driven templates need the immuno.autogate module, which is not available",
                 file=str(gpath),
                 hint="use a Gating-ML .xml or FlowJo .wsp file, or install immuno with autogate",
             ) from None
-        strategy = strategy_for_file(gpath, data)
+        fitted = gate_template(gpath, data, sid)
+        strategy = fitted.strategy
+        flags = {pop: fitted.flag(pop) for pop in fitted.fits}
     try:
         result = strategy.apply(data, sample_id=sid, threads=threads)
     except GatingError as exc:
@@ -968,5 +985,11 @@ def apply_gates_to_file(
         if exc.file is None:
             exc.file = str(fpath)
         raise
-    write_gating_result(result, out, sid)
-    log.info("%s: %d populations gated with %s", sid, len(result.masks), gpath.name)
+    write_gating_result(result, out, sid, {p: flags.get(p, "") for p in result.masks})
+    n_flagged = sum(bool(flags.get(p)) for p in result.masks)
+    line = (
+        f"{sid}: {len(result.masks)} populations gated with {gpath.name}, "
+        f"{n_flagged} with a qc_flag -> {Path(out) / 'counts.tsv'}, membership.csv.gz"
+    )
+    log.info("%s", line)
+    return line
