@@ -11,6 +11,8 @@ import pytest
 from immuno.errors import ConfigError, ImmunoError
 from immuno.plot import (
     GROUP_COLORS,
+    _color,
+    _format_p,
     metric_unit,
     paired_axes,
     population_label,
@@ -209,6 +211,14 @@ def test_reconstitution_figure(cohort):
         assert len(_by_gid(ax.get_lines(), "median:")) == 2
     for ax in panels[3:]:
         assert _by_gid(ax.texts, "pvalue")
+        # each dose group's own test under the boxes, in its colour
+        pop = "treg" if ax is panels[3] else "naive_b"
+        for i, group in enumerate(("30mg", "60mg")):
+            art = _by_gid(ax.texts, f"pvalue:{group}")[f"pvalue:{group}"]
+            row = stats[(stats["group"] == group) & (stats["population"] == pop)].iloc[0]
+            p, n = float(row["p_value"]), int(row["n_pairs"])
+            assert art.get_text() == f"{group}: {_format_p(p)}, n = {n}"
+            assert art.get_color() == _color(i)
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert len(legends) == 1
     assert [t.get_text() for t in legends[0].get_texts()][:2] == ["30mg", "60mg"]

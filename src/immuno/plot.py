@@ -265,7 +265,12 @@ def _format_p(p: float) -> str:
 
 
 def _stats_row(
-    stats: pd.DataFrame, population: str, metric: str, baseline: float, followup: float
+    stats: pd.DataFrame,
+    population: str,
+    metric: str,
+    baseline: float,
+    followup: float,
+    group: str = POOLED,
 ) -> pd.Series | None:
     needed = [
         "group",
@@ -284,13 +289,15 @@ def _stats_row(
             hint="pass the DataFrame returned by immuno.test.paired_change",
         )
     match = stats[
-        (stats["group"].astype(str) == POOLED)
+        (stats["group"].astype(str) == str(group))
         & (stats["population"].astype(str) == population)
         & (stats["metric"].astype(str) == metric)
         & np.isclose(stats["baseline_month"].astype(float), baseline)
         & np.isclose(stats["followup_month"].astype(float), followup)
     ]
     if match.empty:
+        if group != POOLED:
+            return None  # per-group rows are optional (the pooled table alone is enough)
         log.warning(
             "no pooled %s/%s test for months %g vs %g in stats; p not shown",
             population,
@@ -339,7 +346,8 @@ def paired_axes(
         Grouping column (dose group).
     stats
         Optional output of :func:`immuno.test.paired_change`; the pooled (``group ==
-        "all"``) p-value of this population, metric and visits is shown over a bracket.
+        "all"``) p-value of this population, metric and visits is shown over a bracket,
+        and each group's (when ``stats`` holds its row) below the boxes in its colour.
     ax
         Axes to draw on; a new figure (3.5 x 4 in) when None.
     legend
@@ -397,10 +405,17 @@ def paired_axes(
     ax.set_ylabel(f"{label} ({metric_unit(counts, population, metric)})", fontsize=_LABEL_SIZE)
     ax.set_title(label if title is None else title, fontsize=_TITLE_SIZE)
     values = pairs[[b_key, f_key]].to_numpy(float)
+    per_group = []
+    if stats is not None:
+        for i, group in enumerate(groups):
+            grow = _stats_row(stats, population, metric, baseline, followup, group=group)
+            if grow is not None:
+                per_group.append((i, group, grow))
     if values.size:
         low, high = float(values.min()), float(values.max())
         span = (high - low) or abs(high) or 1.0
-        ax.set_ylim(low - 0.06 * span, high + 0.22 * span)
+        foot = 0.2 if per_group else 0.06  # room for the groups' p-values under the boxes
+        ax.set_ylim(low - foot * span, high + 0.22 * span)
         if metric.startswith("percent") and high <= 100 < high + 0.22 * span:
             # Head room for the bracket, but no tick beyond 100 %.
             ax.set_yticks([t for t in ax.get_yticks() if low - 0.06 * span <= t <= 100])
@@ -432,6 +447,20 @@ def paired_axes(
             fontsize=_SMALL_SIZE + 1,
             gid="pvalue" if row is not None else "npairs",
         )
+        for k, (i, group, grow) in enumerate(per_group):
+            p = float(grow["p_value"])
+            ax.text(
+                (k + 0.5) / len(per_group),
+                0.015,
+                f"{group}: {_format_p(p) if np.isfinite(p) else 'no test'}, "
+                f"n = {int(grow['n_pairs'])}",
+                transform=ax.transAxes,
+                ha="center",
+                va="bottom",
+                color=_color(i),
+                fontsize=_SMALL_SIZE,
+                gid=f"pvalue:{group}",
+            )
     _style(ax)
     if legend and groups:
         ax.legend(

@@ -2,6 +2,7 @@ rule plot_reconstitution:
     input:
         counts="results/counts.tsv",
         pooled="results/stats/paired_pooled.tsv",
+        by_group="results/stats/paired_by_group.tsv",
     output:
         png=report(
             "results/figures/reconstitution.png",
