@@ -330,3 +330,35 @@ def test_a_population_the_table_lacks_gets_an_empty_panel(cohort):
     assert [ax.get_title() for ax in empty] == ["CD4", "CD8", "Treg % of CD4"]
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert [t.get_text() for t in legends[0].get_texts()][:2] == ["30mg", "60mg"]
+
+
+def test_cohort_qc_names_the_tube_and_orders_samples_by_visit():
+    from immuno.plot import cohort_qc_figure
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for tube in ("T", "B"):
+        for visit in (4.5, 0.0, 1.5):  # not in visit order: the figure sorts them
+            for p in range(10):
+                rows.append(
+                    {
+                        "panel": tube,
+                        "sample_id": f"P{p:02d}_m{visit:g}_{tube}",
+                        "patient_id": f"P{p:02d}",
+                        "visit_month": visit,
+                        "population": "live",
+                        "source": "fit",
+                        "key": "viability",
+                        "value": 0.5 + 0.1 * (visit == 0) + rng.normal(0, 0.01),
+                        "qc_flag": "",
+                    }
+                )
+    fig = cohort_qc_figure(pd.DataFrame(rows))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["T tube, live: viability", "B tube, live: viability"]
+    ax = axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1.5", "4.5"]
+    np.testing.assert_allclose(ax.get_xticks(), [4.5, 14.5, 24.5])
+    assert "visit" in ax.get_xlabel()
+    y = ax.collections[0].get_offsets()[:, 1]
+    assert (y[:10] > 0.55).all() and (y[10:] < 0.55).all()  # entry's samples first

@@ -2203,7 +2203,9 @@ def gate_template(template_path: str | Path, fcs, sample_id: str | None = None) 
 
 
 def realised_params(results: list[SampleGating], template: Template):
-    """Tidy table of every fitted number: ``sample_id, population, source, key, value``."""
+    """Tidy table of every fitted number: ``sample_id, patient_id, visit_month,
+    population, source, key, value, qc_flag, qc_note`` (the panel is added by
+    :func:`immuno.cohort.gate_cohort`)."""
     import pandas as pd
 
     rows = []
@@ -2217,6 +2219,7 @@ def realised_params(results: list[SampleGating], template: Template):
                     {
                         "sample_id": r.sample_id,
                         "patient_id": r.patient_id,
+                        "visit_month": r.visit_month,
                         "population": spec.name,
                         "source": fit.source,
                         "key": key,
@@ -2230,6 +2233,7 @@ def realised_params(results: list[SampleGating], template: Template):
         columns=[
             "sample_id",
             "patient_id",
+            "visit_month",
             "population",
             "source",
             "key",

@@ -420,7 +420,9 @@ def gate_cohort(
             t.insert(0, "sample_id", res.sample_id)
             tables.append(t)
             applied.extend(_correction_rows(res, t))
-        params.append(realised_params([r for r in results if r.error is None], template))
+        fitted = realised_params([r for r in results if r.error is None], template)
+        fitted.insert(0, "panel", panel)
+        params.append(fitted)
         from .gatingml import time_gates
 
         timed = sorted({g for r in results if r.error is None for g in time_gates(r.strategy)})

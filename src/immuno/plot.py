@@ -1113,22 +1113,31 @@ def _density_cmap():
 def cohort_qc_figure(params: pd.DataFrame, *, k: float = 4.0):
     """Cohort view of every fitted gate number, with outlying and borrowed samples marked.
 
-    ``params`` is ``results/gating/gate_params.tsv`` (``sample_id, patient_id,
-    population, source, key, value, qc_flag``). One panel per (population, key):
-    the value of each sample (x: sample order), the cohort median and the
-    ``median +- k * MAD`` band; samples flagged ``cohort_outlier`` in red, gates
-    borrowed from the patient or cohort or defaulted as open symbols.
+    ``params`` is ``results/gating/gate_params.tsv`` (``panel, sample_id, patient_id,
+    visit_month, population, source, key, value, qc_flag``). One panel per (tube,
+    population, key): the value of each sample, the samples ordered by visit and then
+    patient (x: the visit, months from entry, ticked at each visit's samples), the
+    cohort median and the ``median +- k * MAD`` band; samples flagged
+    ``cohort_outlier`` in red, gates borrowed from the patient or cohort or defaulted
+    as open symbols.
     """
     from matplotlib.figure import Figure
 
     params = params.copy()
     params["qc_flag"] = params["qc_flag"].fillna("").astype(str)
-    panels = list(params.groupby(["population", "key"], sort=False))
+    for col, default in (("panel", ""), ("visit_month", np.nan), ("patient_id", "")):
+        if col not in params:
+            params[col] = default
+    keys = ["panel", "population", "key"]
+    order = list(dict.fromkeys(params[keys].itertuples(index=False, name=None)))  # as gated
+    params = params.sort_values(["visit_month", "patient_id", "sample_id"], kind="stable")
+    groups = dict(list(params.groupby(keys, sort=False)))
+    panels = [(k, groups[k]) for k in order]
     ncol = 4
     nrow = max(1, int(np.ceil(len(panels) / ncol)))
     fig = Figure(figsize=(3.2 * ncol, 2.4 * nrow + 0.5), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax, ((pop, key), d) in zip(axes, panels, strict=False):
+    for ax, ((tube, pop, key), d) in zip(axes, panels, strict=False):
         x = np.arange(len(d))
         v = d["value"].to_numpy(dtype=float)
         fitted = d["source"].eq("fit").to_numpy()
@@ -1149,9 +1158,24 @@ def cohort_qc_figure(params: pd.DataFrame, *, k: float = 4.0):
             label="borrowed/default",
         )
         ax.scatter(x[out], v[out], s=14, color="#C00000", label="outlier")
-        ax.set_title(f"{pop}: {key}", fontsize=_SMALL_SIZE + 1)
-        ax.set_xticks([])
-        ax.set_xlabel("samples", fontsize=_SMALL_SIZE)
+        ax.set_title(
+            f"{tube} tube, {pop}: {key}" if tube else f"{pop}: {key}", fontsize=_SMALL_SIZE + 1
+        )
+        visits = d["visit_month"].to_numpy(dtype=float)
+        if np.isfinite(visits).any():
+            # one tick per visit, at the middle of its samples; a line between visits
+            starts = [0, *(i for i in range(1, len(visits)) if visits[i] != visits[i - 1])]
+            ends = [*starts[1:], len(visits)]
+            ax.set_xticks(
+                [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)],
+                [f"{visits[a]:g}" for a in starts],
+            )
+            for a in starts[1:]:
+                ax.axvline(a - 0.5, color="#BBBBBB", lw=0.5, zorder=0)
+            ax.set_xlabel("samples by visit (months from entry)", fontsize=_SMALL_SIZE)
+        else:
+            ax.set_xticks([])
+            ax.set_xlabel("samples", fontsize=_SMALL_SIZE)
         ax.tick_params(labelsize=_SMALL_SIZE)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
