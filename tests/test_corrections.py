@@ -214,6 +214,10 @@ def test_accept_clears_and_exclude_flags_the_lineage(demo_cohort):
     # include_review keeps review flags but never a reviewer's exclusion
     again = keep_reviewed(t.assign(qc_flag=t.qc_flag.where(t.population != "cd8", "review_x")))
     assert set(again.loc[again.qc_flag != "", "population"]) == {"cd4", "treg"}
+    # a gate that could not be placed cannot be accepted into the statistics
+    res.fits["cd8"].flags = ["fit_failed(x)", "fail"]
+    res.corrections["cd8"] = Correction(row.sample_id, "cd8", "accept", True, "A", TODAY, "ok")
+    assert res.flag("cd8") == "fail"
     corrected = pd.DataFrame({"qc_flag": ["corrected", "corrected;upstream_review(x)", ""]})
     assert failed_qc(corrected).tolist() == [False, True, False]
 
@@ -226,11 +230,14 @@ def test_gate_cohort_lists_every_applied_correction(tmp_path, demo_cohort):
     templates = load_templates({"T": ROOT / "gates/t_cell.yaml", "B": ROOT / "gates/b_cell.yaml"})
     t_id = sheet[sheet.panel == "T"].sample_id.iloc[0]
     b_id = sheet[sheet.panel == "B"].sample_id.iloc[0]
+    lost_id = sheet[sheet.panel == "B"].sample_id.iloc[1]
+    sheet.loc[sheet.sample_id == lost_id, "fcs_path"] = str(tmp_path / "gone.fcs")
     p = _write(
         tmp_path,
         "corrections:\n"
         + _entry(sample=t_id, population="cd3", threshold="{CD3: 0.55}")
-        + _entry(sample=b_id, population="cd19", exclude="true"),
+        + _entry(sample=b_id, population="cd19", exclude="true")
+        + _entry(sample=lost_id, population="cd19", accept="true"),
     )
     corrections = load_corrections(p)
     corrections.check(sheet, templates)
@@ -246,7 +253,8 @@ def test_gate_cohort_lists_every_applied_correction(tmp_path, demo_cohort):
         corrections=corrections,
         corrections_path=out / "corrections.tsv",
     )
-    listed = pd.read_csv(out / "corrections.tsv", sep="\t").set_index("population")
+    listed = pd.read_csv(out / "corrections.tsv", sep="\t")
+    listed = listed[listed.sample_id != lost_id].set_index("population")
     counts = pd.read_csv(out / "counts.tsv", sep="\t", keep_default_na=False)
     cd3 = counts[(counts.sample_id == t_id) & (counts.population == "cd3")].iloc[0]
     assert listed.loc["cd3", "count_after"] == cd3["count"]
@@ -255,6 +263,9 @@ def test_gate_cohort_lists_every_applied_correction(tmp_path, demo_cohort):
     assert listed.loc["cd19", "action"] == "exclude"
     assert listed.loc["cd19", "count_before"] == listed.loc["cd19", "count_after"]
     assert set(listed.columns) >= {"reviewer", "date", "reason", "percent_before"}
+    lost = pd.read_csv(out / "corrections.tsv", sep="\t").set_index("sample_id").loc[lost_id]
+    assert lost["qc_flag"] == "not_applied(sample_failed_input_check)"
+    assert np.isnan(lost["count_after"])
     # the exported gate is the reviewer's: re-applying it gives the corrected count
     from immuno.gatingml import load_gatingml
 

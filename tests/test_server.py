@@ -104,14 +104,37 @@ def test_requests_a_web_page_could_forge_are_refused(served):
     )
     assert status == 400
     assert not (root / "corrections.yaml").exists()
+    # a page of another site whose name was rebound to 127.0.0.1 names its own host
+    for method in ("GET", "POST"):
+        status, _ = _request(server, method, "/", None, {"Host": "evil.example"})
+        assert status == 421
+    # odd bodies and paths get an answer, not a dropped connection
+    big = json.dumps({**entry, "accept": None, "threshold": {"CD3": 10**400}}).replace(
+        '"accept": null, ', ""
+    )
+    status, reply = _request(
+        server, "POST", "/api/corrections", big, {"Content-Type": "application/json"}
+    )
+    assert status == 422 and "finite" in json.loads(reply)["error"]
+    status, _ = _request(
+        server, "POST", "/api/corrections", b"\xff\xfe", {"Content-Type": "application/json"}
+    )
+    assert status == 400
+    assert _request(server, "GET", "/%00")[0] == 404
+    assert not (root / "corrections.yaml").exists()
     status, _ = _post(server, entry, Origin=f"http://127.0.0.1:{server.port}")
     assert status == 200
 
 
 def test_a_config_without_a_corrections_file_or_a_run_is_a_clear_error(tmp_path, demo_cohort):
-    cfg = {"samples": str(demo_cohort / "samples.tsv"), "panels": {}}
+    cfg = {"samples": str(demo_cohort / "samples.tsv"), "panels": {}, "corrections": None}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="names no corrections file"):
         study_from_config(tmp_path / "config.yaml", tmp_path)
+    del cfg["corrections"]  # the workflow's default: corrections.yaml in the study's folder
+    cfg["panels"] = {"T": str(ROOT / "gates/t_cell.yaml"), "B": str(ROOT / "gates/b_cell.yaml")}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    study = study_from_config(tmp_path / "config.yaml", tmp_path)
+    assert study["corrections"] == tmp_path / "corrections.yaml"
     with pytest.raises(ConfigError, match="no review page"):
         ReviewServer(tmp_path / "results", sheet=None, templates={}, corrections="c.yaml")

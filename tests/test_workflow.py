@@ -287,6 +287,7 @@ def test_a_reviewer_corrects_a_gate_in_the_browser_and_the_rerun_applies_it(
     counts before and after, and the file's hash is in the provenance record."""
     import datetime as dt
     import hashlib
+    import json
     import shutil
 
     from immuno.corrections import load_corrections
@@ -327,7 +328,12 @@ def test_a_reviewer_corrects_a_gate_in_the_browser_and_the_rerun_applies_it(
         page.mouse.down()
         page.mouse.move(x + 30, y, steps=4)
         page.mouse.up()
-        assert float(page.input_value("input[data-dim='CD3']")) > auto  # dragged right
+        # dragged 30 px right: the cut moved by 30 px of the panel's data scale
+        info = page.evaluate(f"EDIT[{json.dumps(sample['id'])}].gates.cd3")
+        (left, _, right, _), (x0, x1) = info["box"], info["xlim"]
+        per_px = (x1 - x0) / (right - left)
+        moved = float(page.input_value("input[data-dim='CD3']")) - auto
+        assert abs(moved - 30 * per_px) < 1.5 * per_px, (moved, 30 * per_px)
         cut = round(auto + 0.2, 4)  # into the lower side of the CD3+ peak
         page.fill("input[data-dim='CD3']", str(cut))
         page.fill("#reviewer", "R. Eviewer")

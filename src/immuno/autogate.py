@@ -1563,8 +1563,8 @@ class SampleGating:
         """``pop``'s own flags after the reviewer's word: none when accepted,
         ``excluded`` when excluded, ``corrected`` when its gate was replaced."""
         action = getattr(self.corrections.get(pop), "action", None)
-        if action == "accept":
-            return []
+        if action == "accept":  # a gate that could not be placed cannot be accepted
+            return [f for f in self.review(pop) if f == FLAG_FAIL]
         if action == "exclude":
             return [FLAG_EXCLUDED]
         return self.review(pop)
@@ -1752,7 +1752,8 @@ def gate_one(
     corrections
         ``{population: Correction}`` (:mod:`immuno.corrections`): a reviewer's gate
         replaces the automated one (whose count is kept as ``before``) and the
-        populations below are fitted on it; accept and exclude change the flags only.
+        populations below are fitted on it; accept and exclude change the flags only
+        (an accepted gate that could not be placed keeps ``fail``).
     """
     corrections = dict(corrections or {})
     if isinstance(template, StaticGating):
@@ -2065,10 +2066,24 @@ def gate_samples(
     cohort = {
         pop: _median_params([p for v in d.values() for p in v]) for pop, d in ok_params.items()
     }
+    parents = {p.name: p.parent for p in template.populations}
+
+    def below_a_correction(sample: SampleInput, pop: str) -> bool:
+        """``pop`` is a reviewer's gate or fitted on one: its automated fit (on another
+        parent) says nothing about it."""
+        set_by = {p for p, c in sample.corrections.items() if c.action in GATE_ACTIONS}
+        while pop not in (None, "root"):
+            if pop in set_by:
+                return True
+            pop = parents.get(pop)
+        return False
+
     redo = []
     for i, res in enumerate(first):
         # populations whose automated fit was a cohort outlier take the fallback chain
-        replace = tuple(sorted(pop for j, pop in outliers if j == i))
+        replace = tuple(
+            sorted(pop for j, pop in outliers if j == i and not below_a_correction(samples[i], pop))
+        )
         if replace or any("needs_borrowing" in f.flags for f in res.fits.values()):
             borrowed = {}
             for pop in res.fits:

@@ -449,6 +449,31 @@ def gate_cohort(
     write_tsv(counts, counts_path)
     write_tsv(pd.concat(params, ignore_index=True) if params else pd.DataFrame(), params_path)
     write_tsv(pd.DataFrame(failed, columns=FAILED_COLUMNS), failed_path)
+    if corrections is not None:
+        # a correction of a sample that failed is not lost from sight: listed, not applied
+        lost = {str(r["sample_id"]): r["stage"] for r in failed}
+        for c in corrections.entries:
+            if c.sample in lost:
+                log.warning(
+                    "correction of %s in %s (line %d) not applied: the sample failed (%s)",
+                    c.population,
+                    c.sample,
+                    c.line,
+                    lost[c.sample],
+                )
+                applied.append(
+                    {
+                        **dict.fromkeys(CORRECTION_COLUMNS, np.nan),
+                        "sample_id": c.sample,
+                        "population": c.population,
+                        "action": c.action,
+                        "qc_flag": f"not_applied(sample_failed_{lost[c.sample]})",
+                        "reviewer": c.reviewer,
+                        "date": c.date,
+                        "reason": c.reason,
+                        "line": c.line,
+                    }
+                )
     if corrections_path is not None:
         write_tsv(pd.DataFrame(applied, columns=CORRECTION_COLUMNS), corrections_path)
     if corrections is not None and corrections.history:

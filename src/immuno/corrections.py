@@ -399,14 +399,22 @@ def parse_entry(item: Any, *, file: str | None = None, line: int = 0, index: int
         )
     action = actions[0]
     value = item[action]
-    if action == "threshold":
-        value = {str(k): float(v) for k, v in value.items()}
-    elif action == "rectangle":
-        value = {s: [None if v is None else float(v) for v in value[s]] for s in ("min", "max")}
-    elif action == "polygon":
-        value = [[float(x), float(y)] for x, y in value]
+    try:
+        if action == "threshold":
+            value = {str(k): float(v) for k, v in value.items()}
+        elif action == "rectangle":
+            value = {s: [None if v is None else float(v) for v in value[s]] for s in ("min", "max")}
+        elif action == "polygon":
+            value = [[float(x), float(y)] for x, y in value]
+    except OverflowError:
+        value = {"": float("inf")} if action == "threshold" else None
+        numbers_bad = True
+    else:
+        numbers_bad = False
     numbers = (
-        list(value.values())
+        []
+        if numbers_bad
+        else list(value.values())
         if action == "threshold"
         else [v for s in ("min", "max") for v in value[s] if v is not None]
         if action == "rectangle"
@@ -414,7 +422,7 @@ def parse_entry(item: Any, *, file: str | None = None, line: int = 0, index: int
         if action == "polygon"
         else []
     )
-    if any(v != v or v in (float("inf"), float("-inf")) for v in numbers):
+    if numbers_bad or any(v != v or v in (float("inf"), float("-inf")) for v in numbers):
         raise CorrectionsError(
             f"{where}{action} holds a value that is not a finite number",
             file=src,
@@ -456,20 +464,32 @@ def append_correction(path: str | Path, c: Correction) -> None:
     the file stays the review's history. The result is read back and checked before
     it replaces the file: a file this cannot extend is left untouched.
     """
+    import re
+
     from .util import atomic_path
 
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if not old.strip():
         old = _HEADER
-    elif load_corrections(path).history == [] and "corrections:" not in old:
-        raise CorrectionsError("the file holds no 'corrections:' list", file=str(path))
+    else:
+        load_corrections(path)  # a file that does not load is not extended
     text = old if old.endswith("\n") else old + "\n"
-    new = text + entry_yaml(c)
+    # the new entry indented as the file's entries are (a hand-written list may be)
+    first = re.search(r"^corrections:[^\n]*\n(?:[ \t]*(?:#[^\n]*)?\n)*([ ]*)- ", text, re.M)
+    indent = first.group(1) if first else ""
+    entry = "".join(
+        indent + line if line.strip() else line for line in entry_yaml(c).splitlines(True)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(new, encoding="utf-8")
-        back = load_corrections(tmp)
+        Path(tmp).write_text(text + entry, encoding="utf-8")
+        try:
+            back = load_corrections(tmp)
+        except CorrectionsError as exc:
+            exc.file = str(path)
+            exc.message = f"the entry cannot be appended: {exc.message}"
+            raise
         if not back.history or back.history[-1].entry() != c.entry():
             raise CorrectionsError(
                 "the entry could not be appended as the file's last entry",

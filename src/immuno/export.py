@@ -891,7 +891,7 @@ def _anndata_vars(template, fcs) -> tuple[list[str], list[Dimension], dict[str, 
             facts[name] = {
                 "channel": cmap[name],
                 "transform": m.transform or "",
-                "compensated": d.compensation is not None,
+                "compensated": d.compensation not in (None, "", "uncompensated"),
                 "kind": "channel" if m.channel else "marker",
             }
         return names, dims, facts

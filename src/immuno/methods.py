@@ -278,6 +278,9 @@ def _template_section(panel: str, template) -> list[str]:
         "each file's own acquisition-defined spillover matrix (``$SPILLOVER``/``$SPILL`` "
         "keyword), inverted and applied in float64 to the detectors it names"
         if pnl.compensation == "FCS"
+        else "none (the template's ``compensation: none``: data already compensated, or "
+        "no spillover)"
+        if pnl.compensation in ("uncompensated", "", None)
         else f"the spillover matrix ``{pnl.compensation}``"
     )
     out.append(f"Compensation: {comp}.\n")

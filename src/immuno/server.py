@@ -65,12 +65,14 @@ def study_from_config(config_path: str | Path, workdir: str | Path = ".") -> dic
     for key in ("samples", "panels"):
         if key not in config:
             raise ConfigError(f"the config has no {key!r}", file=str(config_path), field=key)
-    if not config.get("corrections"):
+    # as the workflow's schema: corrections.yaml beside the study unless the config says
+    config.setdefault("corrections", "corrections.yaml")
+    if not config["corrections"]:
         raise ConfigError(
             "the config names no corrections file",
             file=str(config_path),
             field="corrections",
-            hint="add `corrections: corrections.yaml` to the config",
+            hint="set `corrections: corrections.yaml` in the config",
         )
     base = Path(workdir)
     panels = {str(k): str(base / v) for k, v in config["panels"].items()}
@@ -111,6 +113,11 @@ class ReviewServer:
     @property
     def port(self) -> int:
         return int(self.httpd.server_address[1])
+
+    @property
+    def hosts(self) -> set[str]:
+        """The ``Host`` values a request to this server may carry."""
+        return {f"{HOST}:{self.port}", f"localhost:{self.port}"}
 
     @property
     def url(self) -> str:
@@ -166,17 +173,34 @@ class ReviewServer:
             def _json(self, status: int, obj: dict):
                 self._send(status, json.dumps(obj).encode(), "application/json", cache=False)
 
+            def _local(self) -> bool:
+                """A request addressed to this server by its loopback name: a page of
+                another site whose name is rebound to 127.0.0.1 says its own Host."""
+                if self.headers.get("Host") in server.hosts:
+                    return True
+                self._send(421, b"requests must name 127.0.0.1 or localhost", "text/plain")
+                return False
+
             def do_GET(self):  # noqa: N802 (the base class's name)
+                if not self._local():
+                    return None
                 path = unquote(urlsplit(self.path).path)
                 if path == "/api/status":
-                    n = len(load_corrections(server.corrections).history)
+                    try:
+                        n = len(load_corrections(server.corrections).history)
+                    except ImmunoError as exc:  # say why saving will not work
+                        return self._json(200, {"ok": False, "error": str(exc)})
                     return self._json(
                         200, {"ok": True, "corrections": str(server.corrections), "entries": n}
                     )
                 rel = path.lstrip("/") or "index.html"
                 root = server.review.resolve()
-                target = (root / rel).resolve()
-                if root not in target.parents or not target.is_file():
+                try:
+                    target = (root / rel).resolve()
+                    found = root in target.parents and target.is_file()
+                except (OSError, ValueError):  # a NUL byte, a name too long, a loop
+                    found = False
+                if not found:
                     return self._send(404, b"not found", "text/plain")
                 ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if ctype.startswith("text/") or ctype.endswith("javascript"):
@@ -186,13 +210,12 @@ class ReviewServer:
                 self._send(200, target.read_bytes(), ctype, cache=not fresh)
 
             def do_POST(self):  # noqa: N802
+                if not self._local():
+                    return None
                 if urlsplit(self.path).path != "/api/corrections":
                     return self._json(404, {"ok": False, "error": "not found"})
                 origin = self.headers.get("Origin")
-                if origin is not None and origin not in (
-                    f"http://{HOST}:{server.port}",
-                    f"http://localhost:{server.port}",
-                ):
+                if origin is not None and origin not in {f"http://{h}" for h in server.hosts}:
                     return self._json(403, {"ok": False, "error": f"origin {origin} refused"})
                 if not (self.headers.get("Content-Type") or "").startswith("application/json"):
                     return self._json(415, {"ok": False, "error": "send application/json"})
@@ -205,14 +228,18 @@ class ReviewServer:
                 try:
                     item = json.loads(self.rfile.read(size))
                     reply = server.save(item)
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     return self._json(400, {"ok": False, "error": f"not JSON: {exc}"})
                 except CorrectionsError as exc:
                     return self._json(
                         HTTPStatus.UNPROCESSABLE_ENTITY, {"ok": False, "error": str(exc)}
                     )
-                except ImmunoError as exc:
-                    return self._json(500, {"ok": False, "error": str(exc)})
+                except (ImmunoError, OSError, ValueError) as exc:
+                    log.exception("saving a correction failed")
+                    text = (
+                        str(exc) if isinstance(exc, ImmunoError) else f"{type(exc).__name__}: {exc}"
+                    )
+                    return self._json(500, {"ok": False, "error": f"not saved: {text}"})
                 self._json(200, reply)
 
         return Handler

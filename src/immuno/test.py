@@ -191,7 +191,7 @@ def failed_qc(counts: pd.DataFrame) -> pd.Series:
     when no gate could be placed). ``corrected`` says a reviewer set the gate: that
     value is the final word, and kept.
     """
-    return _flags(counts).map(lambda fs: any(f != FLAG_CORRECTED for f in fs))
+    return _flags(counts).map(lambda fs: any(f != FLAG_CORRECTED for f in fs)).astype(bool)
 
 
 def keep_reviewed(counts: pd.DataFrame) -> pd.DataFrame:
