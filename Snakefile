@@ -29,17 +29,6 @@ rule all:
         get_final_outputs(),
 
 
-def _summary(ok):
-    from immuno.cohort import run_summary
-
-    head = (
-        "immuno: finished"
-        if ok
-        else "immuno: stopped (a job failed; see its log above)"
-    )
-    logger.info(f"{head}\n{run_summary('results')}")
-
-
 onsuccess:
     _summary(True)
 

@@ -195,3 +195,15 @@ def get_final_outputs():
         *expand("results/exports/{panel}.h5ad", panel=list(config["panels"])),
         *(["results/exports/gated_fcs"] if config["export"]["population"] else []),
     ]
+
+
+def _summary(ok):
+    """The run in a few lines at its end (Snakefile: onsuccess, onerror)."""
+    from immuno.cohort import run_summary
+
+    head = (
+        "immuno: finished"
+        if ok
+        else "immuno: stopped (a job failed; see its log above)"
+    )
+    logger.info(f"{head}\n{run_summary('results')}")
