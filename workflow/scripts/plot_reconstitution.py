@@ -28,4 +28,5 @@ fig = reconstitution_figure(
     stats=stats,
     by=stats_cfg["group_column"],
 )
-save_figure(fig, [snakemake.output.png, snakemake.output.pdf])
+# a 256-colour palette: the PNG at a third of the size, no visible loss (the PDF is vector)
+save_figure(fig, [snakemake.output.png, snakemake.output.pdf], palette=256)
