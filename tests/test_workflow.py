@@ -418,3 +418,15 @@ def test_a_minimal_study_config_runs_from_its_own_folder_with_a_failed_panel(tmp
     summary = proc.stderr[proc.stderr.index("immuno: finished") :]
     assert "24 of 48 samples gated" in summary and "24 samples failed" in summary
     assert "FCSError: FCS file does not exist" in summary
+    # another study's config in the same folder is told that results/ is not its own
+    (study / "data" / "other.tsv").write_text((study / "data" / "sheet.tsv").read_text())
+    (study / "other.yaml").write_text(
+        (study / "study.yaml").read_text().replace("data/sheet.tsv", "data/other.tsv")
+    )
+    dry = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--configfile", "other.yaml", "-n"],
+        cwd=study,
+        capture_output=True,
+        text=True,
+    )
+    assert "results/ holds the outputs of another study" in dry.stdout + dry.stderr

@@ -108,6 +108,34 @@ def _study_populations():
 _study_populations()
 
 
+def _warn_other_study():
+    """results/ of another study (another sample sheet or panels) would keep the outputs
+    this one does not make (a panel's AnnData, say): say so before anything runs."""
+    import json
+
+    record = Path("results/provenance.json")
+    if not record.is_file():
+        return
+    try:
+        old = json.loads(record.read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return
+    same_sheet = str(Path(old.get("samples", "")).resolve()) == str(
+        Path(config["samples"]).resolve()
+    )
+    same_panels = set(old.get("panels") or {}) == set(config["panels"])
+    if not (same_sheet and same_panels):
+        logger.warning(
+            f"results/ holds the outputs of another study (sheet {old.get('samples')}, "
+            f"panels {', '.join(old.get('panels') or {})}): the outputs this study does not "
+            "make stay there beside its own. Run each study in its own folder "
+            "(snakemake -s .../Snakefile --configfile study.yaml), or remove results/ first."
+        )
+
+
+_warn_other_study()
+
+
 def get_corrections():
     """The corrections file as an input when it exists (editing it reruns the gating)."""
     path = config.get("corrections")
