@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from immuno.config import check_config, check_populations, study_defaults
+from immuno.config import check_config, check_populations, defined_populations, study_defaults
 from immuno.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +17,10 @@ BASE = {"samples": "s.tsv", "panels": {"T": "t.yaml"}}
 
 def _templates(*names):
     return {"T": SimpleNamespace(populations=[SimpleNamespace(name=n) for n in names])}
+
+
+def _defined(*names):
+    return defined_populations(_templates(*names))
 
 
 @pytest.mark.parametrize(
@@ -49,7 +53,7 @@ def test_a_schema_violation_is_one_line_naming_the_key():
 def test_defaults_follow_the_populations_the_study_gates():
     cfg = {**BASE}
     notes = study_defaults(
-        cfg, _templates("lymphocytes", "cd3", "cd4", "cd8", "treg"), has_counts=True
+        cfg, _defined("lymphocytes", "cd3", "cd4", "cd8", "treg"), has_counts=True
     )
     assert cfg["statistics"]["tests"] == [
         {"population": "cd4", "metric": "absolute_count"},
@@ -61,25 +65,26 @@ def test_defaults_follow_the_populations_the_study_gates():
     assert len(notes) == 3
     # without lymphocyte counts in the sheet, the tests are on % of lymphocytes
     cfg = {**BASE}
-    study_defaults(cfg, _templates("cd19", "naive_b"), has_counts=False)
+    study_defaults(cfg, _defined("cd19", "naive_b"), has_counts=False)
     assert cfg["statistics"]["tests"][0] == {
         "population": "cd19",
         "metric": "percent_of_lymphocytes",
     }
     # what the config gives is kept
     cfg = {**BASE, "statistics": {"tests": []}, "figure": {"absolute": [], "subsets": []}}
-    assert study_defaults(cfg, _templates("cd4"), has_counts=True) == []
+    assert study_defaults(cfg, _defined("cd4"), has_counts=True) == []
     assert cfg["statistics"]["tests"] == []
 
 
 def test_a_population_the_gating_does_not_define_is_refused():
     cfg = {**BASE, "statistics": {"tests": [{"population": "cd04", "metric": "absolute_count"}]}}
     with pytest.raises(ConfigError) as err:
-        check_populations(cfg, _templates("lymphocytes", "cd4"))
+        check_populations(cfg, _defined("lymphocytes", "cd4"))
     assert err.value.field == "statistics.tests[0].population" and "'cd4'" in str(err.value)
     cfg = {**BASE, "lymphocyte_population": "lymphs"}
     with pytest.raises(ConfigError, match="lymphocytes"):
-        check_populations(cfg, _templates("lymphocytes", "cd4"))
+        check_populations(cfg, _defined("lymphocytes", "cd4"))
     # a FlowJo panel names its populations per sample: nothing can be checked
     flowjo = {"W": SimpleNamespace(populations=[], kind="flowjo")}
-    check_populations({**BASE, "lymphocyte_population": "x"}, {**_templates("cd4"), **flowjo})
+    assert defined_populations({**_templates("cd4"), **flowjo}) is None
+    check_populations({**BASE, "lymphocyte_population": "x"}, None)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .corrections import CORRECTION_COLUMNS
 from .errors import ConfigError, FCSError, ImmunoError, SampleSheetError
 from .util import special_file, write_tsv
 
@@ -483,23 +484,6 @@ def gate_cohort(
             corrections.path,
             corrections.superseded(),
         )
-
-
-#: Columns of the applied-corrections table (``results/gating/corrections.tsv``).
-CORRECTION_COLUMNS = [
-    "sample_id",
-    "population",
-    "action",
-    "count_before",
-    "count_after",
-    "percent_before",
-    "percent_after",
-    "qc_flag",
-    "reviewer",
-    "date",
-    "reason",
-    "line",
-]
 
 
 def _correction_rows(res, table: pd.DataFrame) -> list[dict]:

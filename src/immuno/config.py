@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "check_config",
     "check_populations",
+    "defined_populations",
     "study_defaults",
     "DEFAULT_TESTS",
     "DEFAULT_SUBSETS",
@@ -92,14 +93,23 @@ def check_config(config: Mapping, schema_path: str | Path, *, source: str | None
     raise ConfigError(message, file=source, field=field, hint=_HINT)
 
 
-def study_defaults(config: dict, templates: Mapping, *, has_counts: bool) -> list[str]:
+def defined_populations(templates: Mapping) -> set[str] | None:
+    """The population names the study's loaded gating defines, or ``None`` when some of
+    them are known only per sample (a FlowJo workspace) or not at all."""
+    found = [_populations(t) for t in templates.values()]
+    if not found or any(f is None for f in found):
+        return None
+    return {p for f in found for p in f}
+
+
+def study_defaults(config: dict, defined: set[str] | None, *, has_counts: bool) -> list[str]:
     """Fill ``statistics.tests`` and the figure's ``absolute``/``subsets`` when the config
-    leaves them out: the ALEVIATE tests and panels for the populations the study's
-    gating defines (absolute counts when the sheet has ``lymphocyte_count``, else % of
-    lymphocytes). Returns a line per filled default, for the log."""
-    defined = {p for t in templates.values() for p in (_populations(t) or [])}
-    if any(_populations(t) is None for t in templates.values()):
-        defined |= {p for p, _ in DEFAULT_TESTS}  # not known before gating: assume all
+    leaves them out: the ALEVIATE tests and panels for the ``defined`` populations
+    (:func:`defined_populations`; ``None``, not known before gating: all of them), on
+    absolute counts when the sheet has ``lymphocyte_count``, else % of lymphocytes.
+    Returns a line per filled default, for the log."""
+    if defined is None:
+        defined = {p for p, _ in DEFAULT_TESTS}
     notes = []
     stats = config.setdefault("statistics", {})
     if "tests" not in stats:
@@ -131,16 +141,18 @@ def study_defaults(config: dict, templates: Mapping, *, has_counts: bool) -> lis
     return notes
 
 
-def check_populations(config: Mapping, templates: Mapping, *, source: str | None = None) -> None:
-    """Every population the tests and the figure name must be one the study's gating
-    defines (a misspelt name would otherwise fail the statistics after the gating).
+def check_populations(
+    config: Mapping, defined: set[str] | None, *, source: str | None = None
+) -> None:
+    """Every population the tests and the figure name must be one of the ``defined``
+    populations of the study's gating (a misspelt name would otherwise fail the
+    statistics after the gating); ``None`` (known only per sample) checks nothing.
 
     Raises :class:`ConfigError` naming the key and the nearest defined population.
     """
-    found = [_populations(t) for t in templates.values()]
-    if not found or any(f is None for f in found):
-        return  # some gating names its populations only per sample
-    defined = sorted({p for f in found for p in f})
+    if defined is None:
+        return
+    defined = sorted(defined)
     named = [
         (f"statistics.tests[{i}].population", t.get("population"))
         for i, t in enumerate(config.get("statistics", {}).get("tests") or [])

@@ -41,6 +41,8 @@ from .util import special_file
 __all__ = [
     "ACTIONS",
     "GATE_ACTIONS",
+    "CORRECTION_COLUMNS",
+    "CORRECTION_HEADERS",
     "FLAG_CORRECTED",
     "FLAG_EXCLUDED",
     "CorrectionsError",
@@ -60,6 +62,23 @@ GATE_ACTIONS = ("threshold", "rectangle", "polygon")
 FLAG_CORRECTED = "corrected"
 #: ``qc_flag`` of a population a reviewer excluded (left out of the statistics).
 FLAG_EXCLUDED = "excluded"
+#: Columns of the applied-corrections table (``results/gating/corrections.tsv``), with
+#: the headers the report's page gives them (``line``: the entry's line in the file).
+CORRECTION_HEADERS = {
+    "sample_id": "sample",
+    "population": "population",
+    "action": "action",
+    "count_before": "events before",
+    "count_after": "events after",
+    "percent_before": "% of parent before",
+    "percent_after": "% of parent after",
+    "qc_flag": "qc_flag",
+    "reviewer": "reviewer",
+    "date": "date",
+    "reason": "reason",
+    "line": "line",
+}
+CORRECTION_COLUMNS = list(CORRECTION_HEADERS)
 #: Largest corrections file read (bytes).
 MAX_BYTES = 20_000_000
 
@@ -406,14 +425,11 @@ def parse_entry(item: Any, *, file: str | None = None, line: int = 0, index: int
             value = {s: [None if v is None else float(v) for v in value[s]] for s in ("min", "max")}
         elif action == "polygon":
             value = [[float(x), float(y)] for x, y in value]
-    except OverflowError:
-        value = {"": float("inf")} if action == "threshold" else None
-        numbers_bad = True
-    else:
-        numbers_bad = False
+    except OverflowError:  # an integer beyond float range is no finite number either
+        value = None
     numbers = (
-        []
-        if numbers_bad
+        [float("inf")]
+        if value is None
         else list(value.values())
         if action == "threshold"
         else [v for s in ("min", "max") for v in value[s] if v is not None]
@@ -422,7 +438,7 @@ def parse_entry(item: Any, *, file: str | None = None, line: int = 0, index: int
         if action == "polygon"
         else []
     )
-    if numbers_bad or any(v != v or v in (float("inf"), float("-inf")) for v in numbers):
+    if any(v != v or v in (float("inf"), float("-inf")) for v in numbers):
         raise CorrectionsError(
             f"{where}{action} holds a value that is not a finite number",
             file=src,

@@ -284,32 +284,10 @@ def write_corrections_html(
             text = f"{int(text):,}"
         return f"<td{f' class={cls!r}' if cls else ''}>{html.escape(str(text))}</td>"
 
-    head = [
-        "sample",
-        "population",
-        "action",
-        "events before",
-        "events after",
-        "% of parent before",
-        "% of parent after",
-        "qc_flag",
-        "reviewer",
-        "date",
-        "reason",
-    ]
-    keys = [
-        "sample_id",
-        "population",
-        "action",
-        "count_before",
-        "count_after",
-        "percent_before",
-        "percent_after",
-        "qc_flag",
-        "reviewer",
-        "date",
-        "reason",
-    ]
+    from .corrections import CORRECTION_HEADERS
+
+    keys = [k for k in CORRECTION_HEADERS if k != "line"]
+    head = [CORRECTION_HEADERS[k] for k in keys]
     numeric = {"count_before", "count_after", "percent_before", "percent_after"}
     rows = "".join(
         "<tr>" + "".join(cell(r[k], "n" if k in numeric else "") for k in keys) + "</tr>"

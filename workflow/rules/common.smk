@@ -1,4 +1,5 @@
 # Helpers shared by all rules: config and sample-sheet validation, and get_<thing> functions.
+import functools
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -73,36 +74,37 @@ def _load_samples():
 samples = _load_samples()
 
 
-def _study_populations():
-    """Tests and figure panels for the reported populations the study's gating defines,
-    where the config leaves them out, and every population the config names checked
-    against it. A template that does not load is reported by check_inputs, for its
-    samples: the defaults then hold every reported population, and nothing is checked.
-    """
+@functools.cache
+def _templates():
+    """The panels' gating, loaded once at parse time; None when one does not load (its
+    error is reported by check_inputs, for its samples)."""
     from immuno.cohort import load_templates
-    from immuno.config import DEFAULT_TESTS, check_populations, study_defaults
     from immuno.errors import ImmunoError
 
     try:
-        templates = load_templates(config["panels"])
-        loaded = True
+        return load_templates(config["panels"])
     except ImmunoError:
-        from types import SimpleNamespace
+        return None
 
-        names = [SimpleNamespace(name=p) for p, _ in DEFAULT_TESTS]
-        templates, loaded = {"any": SimpleNamespace(populations=names)}, False
+
+def _study_populations():
+    """Tests and figure panels for the reported populations the study's gating defines,
+    where the config leaves them out, and every population the config names checked
+    against it (nothing is checked when a gating's populations are not known here)."""
+    from immuno.config import check_populations, defined_populations, study_defaults
+    from immuno.errors import ImmunoError
+
+    templates = _templates()
+    defined = None if templates is None else defined_populations(templates)
     has_counts = "lymphocyte_count" in samples.columns
-    for note in study_defaults(config, templates, has_counts=has_counts):
+    for note in study_defaults(config, defined, has_counts=has_counts):
         logger.info(f"Default {note}")
-    if loaded:
-        try:
-            check_populations(
-                config,
-                templates,
-                source=", ".join(map(str, workflow.configfiles)) or None,
-            )
-        except ImmunoError as exc:
-            raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
+    try:
+        check_populations(
+            config, defined, source=", ".join(map(str, workflow.configfiles)) or None
+        )
+    except ImmunoError as exc:
+        raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
 
 
 _study_populations()
@@ -150,15 +152,15 @@ def get_corrections_sha():
 
 
 def _check_corrections():
-    """Refuse a corrections file that cannot be applied before any job starts."""
-    from immuno.cohort import load_templates
+    """Refuse a corrections file that cannot be applied before any job starts (with a
+    template that does not load, check_inputs reports it and the gating job checks)."""
     from immuno.corrections import load_corrections
     from immuno.errors import ImmunoError
 
     try:
         corrections = load_corrections(config.get("corrections"))
-        if corrections.history:
-            corrections.check(samples, load_templates(config["panels"]))
+        if corrections.history and _templates() is not None:
+            corrections.check(samples, _templates())
     except ImmunoError as exc:
         raise WorkflowError(f"{type(exc).__name__}: {exc}") from None
 
