@@ -114,7 +114,7 @@ def profile_samples(sheet: Path, count: int) -> str:
     """cProfile of ``count`` samples' pass-1 gating, the top functions by own time."""
     import yaml
 
-    from immuno.autogate import SampleInput, _gate_path, load_template
+    from immuno.autogate import SampleInput, gate_input, load_template
     from immuno.cohort import load_sample_sheet
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -128,7 +128,7 @@ def profile_samples(sheet: Path, count: int) -> str:
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        _gate_path((inp, template, None))
+        gate_input(inp, template)
         prof.disable()
         wall = time.perf_counter() - t0
         buf = io.StringIO()

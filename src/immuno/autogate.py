@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Order in which flags are reported; ``fail`` excludes a value from statistics.
 FLAG_FAIL = "fail"
+#: A fit further than this many robust SDs from its cohort group is an outlier.
+OUTLIER_K = 4.0
 
 
 class FitFailure(Exception):
@@ -1553,6 +1555,42 @@ class SampleGating:
     visit_month: float = float("nan")
     #: ``{population: Correction}`` applied (see :mod:`immuno.corrections`).
     corrections: dict = field(default_factory=dict)
+    #: ``{population: bool array over events}``: set by :func:`gate_one`, dropped by
+    #: :func:`gate_input` (a cohort's results must not hold every event of every file).
+    masks: dict | None = field(default=None, repr=False)
+
+    def record(self) -> dict:
+        """What pooling needs of this sample, JSON-ready: ids, visit, error and every
+        fit (params, source, flags, notes; no events)."""
+        return {
+            "sample_id": self.sample_id,
+            "patient_id": self.patient_id,
+            "visit_month": self.visit_month,
+            "error": self.error,
+            "fits": {
+                pop: {"params": f.params, "source": f.source, "flags": f.flags, "notes": f.notes}
+                for pop, f in self.fits.items()
+            },
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict) -> SampleGating:
+        """The pooling view of a sample written by :meth:`record` (no table, no gates)."""
+        fits = {
+            pop: PopulationFit(f["params"], f["source"], list(f["flags"]), notes=list(f["notes"]))
+            for pop, f in rec["fits"].items()
+        }
+        return cls(
+            str(rec["sample_id"]),
+            str(rec["patient_id"]),
+            fits,
+            None,
+            None,
+            {},
+            0,
+            error=rec.get("error"),
+            visit_month=float(rec["visit_month"]),
+        )
 
     def review(self, pop: str) -> list[str]:
         """The review reasons of ``pop`` itself (not inherited), as the gating found them."""
@@ -1850,6 +1888,7 @@ def gate_one(
         n,
         parents={p.name: p.parent for p in template.populations},
         corrections=corrections,
+        masks=masks,
     )
     out.refresh_table()
     return out
@@ -1914,7 +1953,16 @@ def _apply_static(fcs, gating: StaticGating, *, sample_id: str, patient_id: str)
     table = result.table()
     table["qc_flag"] = ""
     table["qc_note"] = ""
-    return SampleGating(sample_id, patient_id, fits, table, strategy, channel_map, fcs.n_events)
+    return SampleGating(
+        sample_id,
+        patient_id,
+        fits,
+        table,
+        strategy,
+        channel_map,
+        fcs.n_events,
+        masks=result.masks,
+    )
 
 
 def _fit_population(spec, method, space, dims, parent_mask, parent_n, cache, borrowed):
@@ -1965,8 +2013,24 @@ def _fallback(spec, method, borrowed, reason: str) -> PopulationFit:
     return PopulationFit(None, "none", [reason, FLAG_FAIL], reason)
 
 
-def _gate_path(args) -> SampleGating:
-    inp, template, borrowed, replace = args
+def gate_input(
+    inp: SampleInput,
+    template: Template | StaticGating,
+    *,
+    borrowed: dict | None = None,
+    replace: Sequence[str] = (),
+    reference: dict | None = None,
+    on_gated=None,
+) -> SampleGating:
+    """Read and gate one sample (:func:`gate_one`); an error is recorded in the result
+    (:attr:`SampleGating.error`), never raised, so that it costs no other sample.
+
+    ``reference`` (a part of :attr:`Pool.reference`, :meth:`Pool.instruction`): the
+    sample's own fits of the populations it holds are then judged against the cohort's
+    pass-1 medians and spreads (:func:`flag_outliers`).
+    ``on_gated(fcs, result)`` is called with the events while the result still holds
+    its masks (e.g. to draw the review figure); the masks are dropped after it.
+    """
     from .read import read_fcs
 
     try:
@@ -1981,6 +2045,11 @@ def _gate_path(args) -> SampleGating:
             corrections=inp.corrections,
         )
         res.visit_month = float(inp.visit_month)
+        if reference is not None:
+            flag_outliers(res, template, reference)
+        if on_gated is not None:
+            on_gated(fcs, res)
+        res.masks = None
         return res
     except ImmunoError as exc:
         if exc.sample is None:
@@ -2001,6 +2070,12 @@ def _gate_path(args) -> SampleGating:
             "hint": "not a known input problem: please report it with this file",
         }
         return SampleGating(inp.sample_id, inp.patient_id, {}, None, None, {}, 0, error=record)
+
+
+def _gate_path(args) -> SampleGating:
+    """:func:`gate_input` of ``(input, template, borrowed, replace, reference)`` (picklable)."""
+    inp, template, borrowed, replace, reference = args
+    return gate_input(inp, template, borrowed=borrowed, replace=replace, reference=reference)
 
 
 def _map(fn, items, workers, label: str | None = None):
@@ -2024,89 +2099,183 @@ def gate_samples(
     workers: int = 1,
     label: str | None = None,
 ) -> list[SampleGating]:
-    """Gate a cohort of one panel: pass 1 per sample, then borrowing where needed.
+    """Gate a cohort of one panel: pass 1 per sample, pooling, pass 2 where needed.
 
-    Pass 1 gates every sample on its own. Fits that are cohort outliers (see
-    :func:`cohort_outliers`) are set aside; the params of the other accepted fits
-    are pooled per patient and over the cohort (medians). Pass 2 re-gates only the
-    samples that need borrowing (a failed fit, or an outlier, which is replaced by
-    the patient's, then the cohort's gate, as a failed fit is), so their children
-    are fitted on the corrected parent. A fit that is still an outlier after pass 2
-    is flagged ``cohort_outlier`` for review. Samples run in parallel (``workers``
-    processes); one sample's error is recorded in its result and costs no other
-    sample its result.
-
-    The cohort's reference (the pooled medians and the outlier screen) is the
-    automated gating's: a sample with corrections (``SampleInput.corrections``) is
-    also gated without them for it, so that a reviewer's correction changes its own
-    sample only.
+    Pass 1 gates every sample on its own, without corrections (:func:`gate_input`).
+    Pooling (:func:`pool_fits`) sets the cohort outliers aside, pools the other fits
+    per patient and over the cohort, and names the samples to gate again: those that
+    need borrowing (a failed fit, or an outlier, which takes the fallback chain as a
+    failed fit does) and those with corrections (``SampleInput.corrections``).
+    Pass 2 re-gates only them, their children fitted on the borrowed or corrected
+    parent, and judges their own fits by pass 1's reference: a fit that is still an
+    outlier is flagged ``cohort_outlier`` for review. Samples run in parallel
+    (``workers`` processes). The workflow runs the same three steps as separate jobs
+    (:mod:`immuno.batch`), with identical results.
     """
     from dataclasses import replace as _with
 
     name = label or template.name or "panel"
     first = _map(
         _gate_path,
-        [(s, template, None, ()) for s in samples],
+        [(_with(s, corrections={}), template, None, (), None) for s in samples],
         workers,
         label=f"gating {name} (pass 1)",
     )
-    auto = list(first)
-    corrected = [i for i, s in enumerate(samples) if s.corrections]
-    if corrected:
-        plain = [(_with(samples[i], corrections={}), template, None, ()) for i in corrected]
-        for i, res in zip(corrected, _map(_gate_path, plain, workers), strict=True):
-            auto[i] = res
-    reference: dict = {}
-    outliers = cohort_outliers(auto, template, reference=reference)
+    pool = pool_fits(first, template, {s.sample_id: s.corrections for s in samples})
+    redo = [
+        (i, (s, template, *pool.instruction(s.sample_id)))
+        for i, s in enumerate(samples)
+        if s.sample_id in pool.redo
+    ]
+    if redo:
+        log.info("pass 2: %d of %d samples gated again", len(redo), len(samples))
+        second = _map(_gate_path, [a for _, a in redo], workers, label=f"gating {name} (pass 2)")
+        for (i, _), res in zip(redo, second, strict=True):
+            first[i] = res
+    _warn_scale(first, template)
+    return first
+
+
+@dataclass
+class Pool:
+    """The pooling of one panel's pass-1 fits (:func:`pool_fits`).
+
+    ``redo``: ``{sample_id: {"borrowed": {population: {"patient"|"cohort": params}},
+    "replace": [population, ...], "judge": [population, ...]}}`` for the samples pass 2
+    gates again. ``borrowed`` holds the populations that may borrow in pass 2 (those
+    that borrow, are replaced or corrected, and the ones below them), each with the
+    fallback chain's entries up to the first that gives a gate; ``judge``, the
+    populations pass 2 fits anew on another parent (the ones below), which alone can
+    come out differently from pass 1. ``reference``: ``{(population, key): (by_visit,
+    {visit: (median, spread)})}``, pass 1's outlier screen (:func:`cohort_outliers`), in
+    each population's gate space. So a sample's pass 2 depends on its own entry and on
+    the reference of its ``judge`` populations only (:meth:`digest`).
+    """
+
+    redo: dict[str, dict] = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)
+
+    def instruction(self, sample_id: str) -> tuple[dict | None, tuple[str, ...], dict | None]:
+        """``(borrowed, replace, reference)`` for :func:`gate_input`; ``(None, (), None)``
+        for a sample that pass 2 leaves alone."""
+        entry = self.redo.get(sample_id)
+        if entry is None:
+            return None, (), None
+        judge = set(entry["judge"])
+        reference = {k: v for k, v in self.reference.items() if k[0] in judge}
+        return entry["borrowed"], tuple(entry["replace"]), reference
+
+    @staticmethod
+    def _reference_json(reference: dict) -> list:
+        return [
+            [pop, key, by_visit, [[visit, med, spread] for visit, (med, spread) in st.items()]]
+            for (pop, key), (by_visit, st) in sorted(reference.items())
+        ]
+
+    def to_json(self) -> dict:
+        return {"redo": self.redo, "reference": self._reference_json(self.reference)}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Pool:
+        reference = {
+            (pop, key): (bool(by_visit), {v: (float(m), float(sd)) for v, m, sd in st})
+            for pop, key, by_visit, st in doc["reference"]
+        }
+        return cls(redo=doc["redo"], reference=reference)
+
+    def digest(self, sample_ids: Sequence[str]) -> str:
+        """SHA-256 of what pass 2 of these samples depends on: their instructions and the
+        reference of the populations it judges (unchanged when other samples' pooling
+        changes anything else)."""
+        own = {}
+        for s in sorted(sample_ids):
+            if s in self.redo:
+                reference = self.instruction(s)[2]
+                own[s] = {**self.redo[s], "reference": self._reference_json(reference)}
+        return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()
+
+
+def pool_fits(
+    results: Sequence[SampleGating],
+    template: Template | StaticGating,
+    corrections: dict[str, dict] | None = None,
+) -> Pool:
+    """Pool one panel's pass-1 fits (automated, without corrections).
+
+    The cohort outliers (:func:`cohort_outliers`) are set aside; the params of the
+    other fits that needed no review are pooled per patient and over the cohort
+    (medians, :func:`_median_params`). A sample is gated again in pass 2 when a fit
+    of it needs borrowing, was an outlier (that population takes the fallback chain,
+    unless a reviewer's gate is at or above it), or has ``corrections``
+    (``{sample_id: {population: Correction}}``). Its other populations fit as in pass
+    1 (the same events, the same parent): only the ones below a changed gate are
+    fitted anew and judged again.
+    """
+    corrections = corrections or {}
+    pool = Pool()
+    outliers = cohort_outliers(list(results), template, reference=pool.reference)
     ok_params: dict[str, dict[str, list[dict]]] = {}
-    for i, res in enumerate(auto):
+    for i, res in enumerate(results):
         for pop, fit in res.fits.items():
             if fit.source == "fit" and not fit.flags and fit.params and (i, pop) not in outliers:
                 ok_params.setdefault(pop, {}).setdefault(res.patient_id, []).append(fit.params)
     cohort = {
         pop: _median_params([p for v in d.values() for p in v]) for pop, d in ok_params.items()
     }
-    parents = {p.name: p.parent for p in template.populations}
+    specs = {p.name: p for p in template.populations}
 
-    def below_a_correction(sample: SampleInput, pop: str) -> bool:
-        """``pop`` is a reviewer's gate or fitted on one: its automated fit (on another
-        parent) says nothing about it."""
-        set_by = {p for p, c in sample.corrections.items() if c.action in GATE_ACTIONS}
+    def lineage(pop: str | None) -> list[str]:
+        """``pop`` and the gates above it."""
+        out = []
         while pop not in (None, "root"):
-            if pop in set_by:
-                return True
-            pop = parents.get(pop)
-        return False
+            out.append(pop)
+            pop = specs[pop].parent if pop in specs else None
+        return out
 
-    redo = []
-    for i, res in enumerate(first):
-        # populations whose automated fit was a cohort outlier take the fallback chain
-        replace = tuple(
-            sorted(pop for j, pop in outliers if j == i and not below_a_correction(samples[i], pop))
+    def chain(pop: str, patient: str) -> dict:
+        spec, out = specs.get(pop), {}
+        for fb in spec.fallback if spec is not None else ():
+            if fb == "default" and spec.default:
+                break
+            params = {
+                "patient": _median_params(ok_params.get(pop, {}).get(patient, [])),
+                "cohort": cohort.get(pop),
+            }.get(fb)
+            if params:
+                out[fb] = params
+                break
+        return out
+
+    for i, res in enumerate(results):
+        if res.error is not None:
+            continue
+        own = corrections.get(res.sample_id) or {}
+        set_by = {p for p, c in own.items() if c.action in GATE_ACTIONS}
+        # a reviewer's gate at or above an outlier: its automated fit says nothing
+        replace = sorted(
+            pop for j, pop in outliers if j == i and not set_by.intersection(lineage(pop))
         )
-        if replace or any("needs_borrowing" in f.flags for f in res.fits.values()):
-            borrowed = {}
-            for pop in res.fits:
-                pat = _median_params(ok_params.get(pop, {}).get(res.patient_id, []))
-                borrowed[pop] = {"patient": pat, "cohort": cohort.get(pop)}
-            redo.append((i, (samples[i], template, borrowed, replace)))
-    if redo:
-        log.info("pass 2: %d of %d samples borrow gates", len(redo), len(samples))
-        second = _map(
-            _gate_path, [a for _, a in redo], workers, label=f"gating {name} (pass 2, borrowing)"
-        )
-        for (i, _), res in zip(redo, second, strict=True):
-            first[i] = res
-    # Judged by pass 1's medians and spreads: without its outliers the cohort looks
-    # tighter, and judging it again would make new outliers of ordinary fits.
-    for i, pop in cohort_outliers(first, template, reference=reference):
-        fit = first[i].fits[pop]
-        if "cohort_outlier" not in fit.flags:
-            fit.flags.append("cohort_outlier")
-    for r in first:
-        r.refresh_table()
-    _warn_scale(first, template)
-    return first
+        borrows = {pop for pop, f in res.fits.items() if "needs_borrowing" in f.flags}
+        changed = set(replace) | borrows | set_by
+        if not (changed or own):
+            continue
+        below = {pop for pop in res.fits if changed.intersection(lineage(pop)[1:])}
+        pool.redo[res.sample_id] = {
+            "borrowed": {pop: chain(pop, res.patient_id) for pop in sorted(changed | below)},
+            "replace": replace,
+            "judge": sorted(below),
+        }
+    return pool
+
+
+#: The warning for a panel's files read on another scale (:func:`check_scale`), with
+#: the panel, the files noted, the panel's files, the note and an example sample.
+SCALE_WARNING = (
+    "panel %s: %d of %d files noted %s (e.g. %s): a channel's $PnR is far below the top of "
+    "the template's transform, so its values look already transformed or rescaled; it is "
+    "gated on a linear scale and, if fluorescence, not compensated again (qc_note, methods "
+    "text)"
+)
 
 
 def _warn_scale(results: list[SampleGating], template: Template) -> None:
@@ -2121,23 +2290,55 @@ def _warn_scale(results: list[SampleGating], template: Template) -> None:
             if note.startswith(("linear_scale", "not_compensated")):
                 seen.setdefault(note, []).append(r.sample_id)
     for note, ids in sorted(seen.items()):
-        log.warning(
-            "panel %s: %d of %d files noted %s (e.g. %s): a channel's $PnR is far below the "
-            "top of the template's transform, so its values look already transformed or "
-            "rescaled; it is gated on a linear scale and, if fluorescence, not compensated "
-            "again (qc_note, methods text)",
-            template.name,
-            len(ids),
-            len(results),
-            note,
-            ids[0],
-        )
+        log.warning(SCALE_WARNING, template.name, len(ids), len(results), note, ids[0])
+
+
+def _group_stats(iv: list[tuple[int, float, float]], min_group: int):
+    """``(by_visit, {visit or None: (median, spread)})`` of one key's ``(index, visit,
+    value)`` fits (see :func:`cohort_outliers`)."""
+    from scipy.stats import kruskal
+
+    groups: dict[float, list[float]] = {}
+    for _, visit, v in iv:
+        groups.setdefault(visit, []).append(v)
+    big = [g for g in groups.values() if len(g) >= min_group]
+    by_visit = False
+    if len(big) >= 2 and len({x for g in big for x in g}) > 1:
+        by_visit = bool(kruskal(*big).pvalue < 1e-3)
+    stats = {}
+    for visit, g in groups.items() if by_visit else [(None, [v for _, _, v in iv])]:
+        if len(g) < min_group:
+            continue
+        arr = np.asarray(g, dtype=float)
+        med = float(np.median(arr))
+        mad = float(np.median(np.abs(arr - med))) * 1.4826
+        stats[visit] = (med, max(mad, 0.02 * abs(med), 1e-12))
+    return by_visit, stats
+
+
+def _own_values(res: SampleGating, spec: PopulationSpec, method: Method):
+    """``{key: value}`` of the finite scalars of ``res``'s own fit of ``spec`` (none
+    for a borrowed, default or corrected gate)."""
+    fit = res.fits.get(spec.name)
+    if fit is None or not fit.params or fit.source != "fit":
+        return {}
+    return {
+        key: float(v)
+        for key, v in method.thresholds(fit.params).items()
+        if v is not None and math.isfinite(v)
+    }
+
+
+def _outlying(value: float, visit: float, ref, k: float) -> bool:
+    by_visit, stats = ref
+    centre = stats.get(visit if by_visit else None)
+    return centre is not None and abs(value - centre[0]) > k * centre[1]
 
 
 def cohort_outliers(
     results: list[SampleGating],
-    template: Template,
-    k: float = 4.0,
+    template: Template | StaticGating,
+    k: float = OUTLIER_K,
     min_group: int = 8,
     *,
     reference: dict | None = None,
@@ -2154,11 +2355,9 @@ def cohort_outliers(
     (e.g. the live gate at entry) is not an outlier. Groups of fewer than
     ``min_group`` fits judge nothing. Only fits of the sample's own data count.
 
-    ``reference``: an empty dict is filled with each group's ``(median, spread)``; a
-    filled one is used instead of the groups' own (to judge pass 2 by pass 1).
+    ``reference``: a dict to fill with each group's ``(by_visit, {visit: (median,
+    spread)})``, by which :func:`flag_outliers` judges pass 2.
     """
-    from scipy.stats import kruskal
-
     found: set[tuple[int, str]] = set()
     for spec in template.populations:
         method = spec.estimator()
@@ -2166,43 +2365,43 @@ def cohort_outliers(
             continue  # e.g. a time gate: each acquisition has its own, nothing to compare
         vals: dict[str, list[tuple[int, float, float]]] = {}
         for i, r in enumerate(results):
-            fit = r.fits.get(spec.name)
-            if fit is None or not fit.params or fit.source != "fit":
-                continue
-            for key, v in method.thresholds(fit.params).items():
-                if v is not None and math.isfinite(v):
-                    vals.setdefault(key, []).append((i, r.visit_month, float(v)))
+            for key, v in _own_values(r, spec, method).items():
+                vals.setdefault(key, []).append((i, r.visit_month, v))
         for key, iv in vals.items():
             if len(iv) < min_group:
                 continue
-            groups: dict[float, list[tuple[int, float]]] = {}
-            for i, visit, v in iv:
-                groups.setdefault(visit, []).append((i, v))
-            ref_key = (spec.name, key)
-            if reference is not None and ref_key in reference:
-                by_visit, stats = reference[ref_key]
-            else:
-                big = [g for g in groups.values() if len(g) >= min_group]
-                by_visit = False
-                if len(big) >= 2:
-                    samples_ = [[v for _, v in g] for g in big]
-                    if len({x for g in samples_ for x in g}) > 1:
-                        by_visit = bool(kruskal(*samples_).pvalue < 1e-3)
-                stats = {}
-                for visit, g in groups.items() if by_visit else [(None, iv)]:
-                    if len(g) < min_group:
-                        continue
-                    arr = np.array([x[-1] for x in g])
-                    med = float(np.median(arr))
-                    mad = float(np.median(np.abs(arr - med))) * 1.4826
-                    stats[visit] = (med, max(mad, 0.02 * abs(med), 1e-12))
-                if reference is not None:
-                    reference[ref_key] = (by_visit, stats)
-            for i, visit, v in iv:
-                centre = stats.get(visit if by_visit else None)
-                if centre is not None and abs(v - centre[0]) > k * centre[1]:
-                    found.add((i, spec.name))
+            ref = _group_stats(iv, min_group)
+            if reference is not None:
+                reference[(spec.name, key)] = ref
+            found.update((i, spec.name) for i, visit, v in iv if _outlying(v, visit, ref, k))
     return found
+
+
+def flag_outliers(
+    res: SampleGating, template: Template | StaticGating, reference: dict, k: float = OUTLIER_K
+) -> list[str]:
+    """Flag ``cohort_outlier`` on each of ``res``'s own fits that lies more than ``k``
+    robust SDs from its group in ``reference`` (pass 1's, :func:`cohort_outliers`),
+    judged on its own: pass 2 of one sample needs no other sample. Returns the
+    populations flagged."""
+    flagged = []
+    for spec in template.populations:
+        method = spec.estimator()
+        if not method.borrowable:
+            continue
+        values = _own_values(res, spec, method)
+        if any(
+            _outlying(v, res.visit_month, reference[(spec.name, key)], k)
+            for key, v in values.items()
+            if (spec.name, key) in reference
+        ):
+            fit = res.fits[spec.name]
+            if "cohort_outlier" not in fit.flags:
+                fit.flags.append("cohort_outlier")
+            flagged.append(spec.name)
+    if flagged:
+        res.refresh_table()
+    return flagged
 
 
 def strategy_for_file(template_path: str | Path, fcs) -> GatingStrategy:

@@ -343,6 +343,19 @@ def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Columns of the gating counts table (results/gating/gating_counts.tsv).
+COUNT_COLUMNS = [
+    "sample_id",
+    "population",
+    "parent",
+    "count",
+    "parent_count",
+    "percent_of_parent",
+    "qc_flag",
+    "qc_note",
+]
+
+
 def gate_cohort(
     sheet: pd.DataFrame,
     templates: dict,
@@ -356,7 +369,8 @@ def gate_cohort(
     corrections=None,
     corrections_path: str | Path | None = None,
 ) -> None:
-    """Gate every sample that passed :func:`check_inputs`, panel by panel.
+    """Gate every sample that passed :func:`check_inputs`, panel by panel, in this
+    process (the workflow runs the same steps as jobs per patient: :mod:`immuno.batch`).
 
     Writes ``counts_path`` (per sample and population: ``sample_id, population,
     parent, count, parent_count, percent_of_parent, qc_flag, qc_note``), ``params_path``
@@ -372,84 +386,157 @@ def gate_cohort(
     (:data:`CORRECTION_COLUMNS`: the population's count and percent of parent with
     the automated gate and after the correction, who, when and why).
     """
-    from .autogate import SampleInput, gate_samples, realised_params
+    from .autogate import gate_samples
 
     gates_dir = Path(gates_dir)
     gates_dir.mkdir(parents=True, exist_ok=True)
     # ids as text: a checks table read back without dtype=str may hold numbers
     by_check = {str(r["sample_id"]): r for r in checks.to_dict("records")}
-    status = {sid: r["status"] for sid, r in by_check.items()}
     not_checked = {
+        "status": "error",
         "error": "",
         "message": "sample is missing from the input check table",
         "hint": "run check_inputs on this sample sheet again",
     }
-    failed = []
-    for _, row in sheet.iterrows():
-        if status.get(str(row["sample_id"])) != "ok":
-            rec = by_check.get(str(row["sample_id"]), not_checked)
-            failed.append(_failed_row(row, "input_check", rec))
-    tables, params, applied = [], [], []
+    entries = {}
+    for r in sheet.to_dict("records"):
+        check = by_check.get(str(r["sample_id"]), not_checked)
+        if check["status"] != "ok":
+            entries[str(r["sample_id"])] = sample_entry(r, None, None, gates_dir, check)
     for panel, template in templates.items():
-        sub = sheet[(sheet["panel"] == panel) & sheet["sample_id"].astype(str).map(status).eq("ok")]
-        if sub.empty:
-            continue
-        inputs = [
-            SampleInput(
-                r.sample_id,
-                r.patient_id,
-                r.fcs_path,
-                r.visit_month,
-                corrections.for_sample(r.sample_id) if corrections is not None else {},
-            )
-            for r in sub.itertuples()
+        ok = [
+            r
+            for r in sheet.to_dict("records")
+            if r["panel"] == panel and str(r["sample_id"]) not in entries
         ]
+        if not ok:
+            continue
+        inputs = [sample_input(r, corrections) for r in ok]
         log.info("gating %d samples of panel %s with %d workers", len(inputs), panel, workers)
         results = gate_samples(inputs, template, workers=workers, label=panel)
-        by_id = {r["sample_id"]: r for r in sub.to_dict("records")}
-        for res in results:
-            if res.error is not None:
-                failed.append(_failed_row(by_id[res.sample_id], "gating", res.error))
-                continue
-            try:
-                _export_gates(res, gates_dir / f"{res.sample_id}.xml")
-            except ImmunoError as exc:
-                # counts without their gates cannot be audited: the sample fails
-                failed.append(_failed_row(by_id[res.sample_id], "export_gates", exc.as_record()))
-                continue
-            t = res.table.copy()
-            t.insert(0, "sample_id", res.sample_id)
-            tables.append(t)
-            applied.extend(_correction_rows(res, t))
-        fitted = realised_params([r for r in results if r.error is None], template)
-        fitted.insert(0, "panel", panel)
-        params.append(fitted)
-        from .gatingml import time_gates
+        for r, res in zip(ok, results, strict=True):
+            entries[str(r["sample_id"])] = sample_entry(r, res, template, gates_dir)
+    ordered = [entries[str(sid)] for sid in sheet["sample_id"] if str(sid) in entries]
+    write_gating_tables(
+        ordered,
+        counts_path=counts_path,
+        params_path=params_path,
+        failed_path=failed_path,
+        corrections=corrections,
+        corrections_path=corrections_path,
+    )
 
-        timed = sorted({g for r in results if r.error is None for g in time_gates(r.strategy)})
-        if timed:
+
+def sample_input(row: dict, corrections=None):
+    """The :class:`~immuno.autogate.SampleInput` of a sheet row, with its corrections."""
+    from .autogate import SampleInput
+
+    sid = str(row["sample_id"])
+    return SampleInput(
+        sid,
+        str(row["patient_id"]),
+        row["fcs_path"],
+        float(row["visit_month"]),
+        corrections.for_sample(sid) if corrections is not None else {},
+    )
+
+
+def sample_entry(row: dict, res, template, gates_dir: Path, check: dict | None = None) -> dict:
+    """One sample's share of the cohort tables, JSON-ready, its realised gates written
+    to ``gates_dir/<sample_id>.xml`` (Gating-ML 2.0).
+
+    ``{"sample_id", "panel", "failed": row of failed_samples.tsv or None, "counts",
+    "params", "corrections": rows, "time_gates": ids of gates on Time, "scale_notes"}``.
+    ``res`` is the sample's :class:`~immuno.autogate.SampleGating` (``None`` when
+    ``check``, its :func:`check_inputs` row, is not ``ok``).
+    """
+    from .autogate import realised_params
+    from .gatingml import time_gates
+
+    sid = str(row["sample_id"])
+    entry = {
+        "sample_id": sid,
+        "panel": row["panel"],
+        "check": check,
+        "failed": None,
+        "counts": [],
+        "params": [],
+        "corrections": [],
+        "time_gates": [],
+        "scale_notes": [],
+    }
+    if check is not None and check.get("status") != "ok":
+        entry["failed"] = _failed_row(row, "input_check", check)
+        return entry
+    if res.error is not None:
+        entry["failed"] = _failed_row(row, "gating", res.error)
+        return entry
+    try:
+        _export_gates(res, Path(gates_dir) / f"{sid}.xml")
+    except ImmunoError as exc:
+        # counts without their gates cannot be audited: the sample fails
+        entry["failed"] = _failed_row(row, "export_gates", exc.as_record())
+        return entry
+    t = res.table.copy()
+    t.insert(0, "sample_id", sid)
+    entry["counts"] = _records(t[COUNT_COLUMNS])
+    entry["corrections"] = _correction_rows(res, t)
+    fitted = realised_params([res], template)
+    fitted.insert(0, "panel", row["panel"])
+    entry["params"] = _records(fitted)
+    entry["time_gates"] = sorted(time_gates(res.strategy))
+    first = template.populations[0].name if template.populations else None
+    fit = res.fits.get(first)
+    entry["scale_notes"] = [
+        n for n in (fit.notes if fit else ()) if n.startswith(("linear_scale", "not_compensated"))
+    ]
+    return entry
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as plain Python values (JSON-ready; NaN stays NaN)."""
+    return [
+        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
+        for r in df.to_dict("records")
+    ]
+
+
+def write_gating_tables(
+    entries: list[dict],
+    *,
+    counts_path: str | Path,
+    params_path: str | Path,
+    failed_path: str | Path,
+    corrections=None,
+    corrections_path: str | Path | None = None,
+    checks_path: str | Path | None = None,
+) -> None:
+    """Write the cohort's gating tables from the samples' entries (:func:`sample_entry`,
+    in the sheet's order), atomically: counts, fitted params, failed samples, applied
+    corrections (and those of failed samples, listed as not applied) and, with
+    ``checks_path``, the input checks. One warning per panel for gates on Time."""
+    failed = [e["failed"] for e in entries if e["failed"] is not None]
+    counts = [r for e in entries for r in e["counts"]]
+    params = [r for e in entries for r in e["params"]]
+    applied = [r for e in entries for r in e["corrections"]]
+    timed: dict[str, set[str]] = {}
+    for e in entries:
+        timed.setdefault(e["panel"], set()).update(e["time_gates"])
+    for panel, gates in timed.items():
+        if gates:
             log.warning(
                 "panel %s: gates on the Time channel (%s) in results/gates/*.xml hold time as "
                 "Gating-ML defines it (stored value / $PnG); FlowKit also multiplies it by "
                 "$TIMESTEP, so FlowKit gates these populations on another scale (the FlowJo "
                 "export corrects for it)",
                 panel,
-                ", ".join(timed),
+                ", ".join(sorted(gates)),
             )
-    cols = [
-        "sample_id",
-        "population",
-        "parent",
-        "count",
-        "parent_count",
-        "percent_of_parent",
-        "qc_flag",
-        "qc_note",
-    ]
-    counts = pd.concat(tables, ignore_index=True)[cols] if tables else pd.DataFrame(columns=cols)
-    write_tsv(counts, counts_path)
-    write_tsv(pd.concat(params, ignore_index=True) if params else pd.DataFrame(), params_path)
+    write_tsv(pd.DataFrame(counts, columns=COUNT_COLUMNS), counts_path)
+    write_tsv(pd.DataFrame(params) if params else pd.DataFrame(), params_path)
     write_tsv(pd.DataFrame(failed, columns=FAILED_COLUMNS), failed_path)
+    if checks_path is not None:
+        write_tsv(pd.DataFrame([e["check"] for e in entries if e.get("check")]), checks_path)
     if corrections is not None:
         # a correction of a sample that failed is not lost from sight: listed, not applied
         lost = {str(r["sample_id"]): r["stage"] for r in failed}
@@ -545,37 +632,55 @@ def load_templates(panels: dict[str, str]) -> dict:
 _REVIEWER = None
 
 
-def _review_one(args) -> tuple[str, list[str] | None]:
-    """Draw one sample's review figure and thumbnails: ``(sample_id, gate ids)``, or
-    ``(sample_id, None)`` when it could not be drawn (logged)."""
+def draw_review(fcs, strategy, masks, sample_id: str, flags: dict, outdir: Path, specs: dict):
+    """Draw one sample's review figure, thumbnails and edit script into ``outdir``
+    (``figures/``, ``thumbs/``, ``edit/<sample_id>``); returns the gate ids in the
+    order of the thumbnails. ``flags``: ``{population: qc_flag}``; ``specs``: the
+    panel's gates as :func:`review_specs` gives them."""
     global _REVIEWER
+    from .plot import GateReviewer
+    from .review import gate_edits, save_review_images, write_edit_script
+
+    if _REVIEWER is None:
+        _REVIEWER = GateReviewer()
+    fig = _REVIEWER.figure(fcs, strategy, masks, title=sample_id, flags=flags)
+    geometry: dict = {}
+    gates = save_review_images(
+        fig,
+        outdir / "figures" / f"{sample_id}.png",
+        outdir / "thumbs" / f"{sample_id}.png",
+        geometry=geometry,
+    )
+    write_edit_script(
+        sample_id, gate_edits(strategy, specs, geometry), outdir / "edit" / f"{sample_id}.js"
+    )
+    return gates
+
+
+def review_specs(gating) -> dict:
+    """``{population: {"dims", "method", "select"}}`` of a template (what a correction
+    of each gate names); empty for fixed gates."""
+    return {
+        p.name: {"dims": list(p.dims), "method": p.method, "select": p.params.get("select")}
+        for p in getattr(gating, "populations", [])
+    }
+
+
+def _review_one(args) -> tuple[str, list[str] | None]:
+    """Draw one sample's review figure from its exported gates: ``(sample_id, gate
+    ids)``, or ``(sample_id, None)`` when it could not be drawn (logged)."""
     sample_id, fcs_path, gates_path, flags, outdir, specs = args
     from .gatingml import load_gatingml
-    from .plot import GateReviewer
     from .read import read_fcs
-    from .review import gate_edits, save_review_images, write_edit_script
 
     try:
         strategy = load_gatingml(gates_path)
         fcs = read_fcs(fcs_path)
         masks = strategy.apply(fcs, sample_id=sample_id).masks
-        if _REVIEWER is None:
-            _REVIEWER = GateReviewer()
-        fig = _REVIEWER.figure(fcs, strategy, masks, title=sample_id, flags=flags)
-        geometry: dict = {}
-        gates = save_review_images(
-            fig,
-            outdir / "figures" / f"{sample_id}.png",
-            outdir / "thumbs" / f"{sample_id}.png",
-            geometry=geometry,
-        )
-        write_edit_script(
-            sample_id, gate_edits(strategy, specs, geometry), outdir / "edit" / f"{sample_id}.js"
-        )
+        return sample_id, draw_review(fcs, strategy, masks, sample_id, flags, outdir, specs)
     except ImmunoError as exc:
         log.warning("no review figure for %s: %s", sample_id, exc)
         return sample_id, None
-    return sample_id, gates
 
 
 def review_cohort(
@@ -611,13 +716,7 @@ def review_cohort(
         sid: dict(zip(g["population"], g["qc_flag"].fillna(""), strict=True))
         for sid, g in counts.groupby("sample_id")
     }
-    specs = {
-        panel: {
-            p.name: {"dims": list(p.dims), "method": p.method, "select": p.params.get("select")}
-            for p in getattr(gating, "populations", [])
-        }
-        for panel, gating in (templates or {}).items()
-    }
+    specs = {panel: review_specs(gating) for panel, gating in (templates or {}).items()}
     jobs = []
     for row in sheet.itertuples():
         gates = Path(gates_dir) / f"{row.sample_id}.xml"

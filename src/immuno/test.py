@@ -49,7 +49,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .corrections import FLAG_CORRECTED, FLAG_EXCLUDED
 from .errors import ConfigError, ImmunoError
@@ -406,6 +405,8 @@ def _quartiles(values: np.ndarray) -> tuple[float, float, float]:
 
 def _signed_rank(diff: np.ndarray) -> tuple[float, float, str]:
     """Two-sided Wilcoxon signed-rank test of paired differences: (statistic, p, method)."""
+    from scipy import stats  # here, not at the top: the gating jobs import this module
+
     d = _round_relative(diff)
     n = len(d)
     if n < 2:
@@ -430,6 +431,8 @@ def _signed_rank(diff: np.ndarray) -> tuple[float, float, str]:
 
 def _rank_sum(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     """Two-sided Mann-Whitney U test, U of ``a``: (statistic, p, method)."""
+    from scipy import stats
+
     n_a, n_b = len(a), len(b)
     if n_a < 2 or n_b < 2:
         return np.nan, np.nan, _TOO_FEW_PATIENTS
