@@ -173,6 +173,10 @@ def _snakemake(workdir: Path, args: list[str], env: dict, log: Path) -> str:
     return text
 
 
+def _sheet(config: Path) -> Path:
+    return Path(yaml.safe_load(config.read_text())["samples"])
+
+
 def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
 
@@ -227,6 +231,14 @@ def test_slurm_run_matches_local_run(slurm_cluster, tiny_cohort, tmp_path):
     cluster_jobs = [rule for rule in finished if rule != "all"]
     assert len(ids) < len(cluster_jobs), (ids, cluster_jobs)
     print(f"{len(ids)} Slurm submissions for {len(cluster_jobs)} jobs: {sorted(cluster_jobs)}")
+    # Gating is one job per patient and panel, 20 of them to a submission (group-components),
+    # and the pooling and gathering run where snakemake runs: the submissions are one per
+    # 20 batches of each pass plus the summaries, however many patients there are.
+    fits, finishes = cluster_jobs.count("fit_batch"), cluster_jobs.count("finish_batch")
+    assert fits == 2 * pd.read_csv(_sheet(tiny_cohort), sep="\t")["patient_id"].nunique()
+    local = re.findall(r"Finished jobid: \d+ \(Rule: (pool_panel|gather_gating)\)", text)
+    assert len(local) == 3 and not re.search(r"submitted.*(pool_panel|gather_gating)", text)
+    assert len(ids) <= -(-fits // 20) + -(-finishes // 20) + 1, (ids, cluster_jobs)
 
     # The same results, byte for byte (and as tables, for a readable failure).
     for name in COMPARED:

@@ -77,7 +77,7 @@ samples = _load_samples()
 @functools.cache
 def _templates():
     """The panels' gating, loaded once at parse time; None when one does not load (its
-    error is reported by check_inputs, for its samples)."""
+    error is reported by the gating jobs of its panel)."""
     from immuno.cohort import load_templates
     from immuno.errors import ImmunoError
 
@@ -151,14 +151,20 @@ def get_corrections_sha():
     return sha256_file(get_corrections()[0]) if get_corrections() else None
 
 
+@functools.cache
+def _corrections():
+    from immuno.corrections import load_corrections
+
+    return load_corrections(config.get("corrections"))
+
+
 def _check_corrections():
     """Refuse a corrections file that cannot be applied before any job starts (with a
-    template that does not load, check_inputs reports it and the gating job checks)."""
-    from immuno.corrections import load_corrections
+    template that does not load, its panel's gating jobs report it)."""
     from immuno.errors import ImmunoError
 
     try:
-        corrections = load_corrections(config.get("corrections"))
+        corrections = _corrections()
         if corrections.history and _templates() is not None:
             corrections.check(samples, _templates())
     except ImmunoError as exc:
@@ -168,8 +174,106 @@ def _check_corrections():
 _check_corrections()
 
 
+def _braced(path):
+    return "{" in path or "}" in path
+
+
+@functools.cache
+def _batches():
+    """{(panel, batch): [row, ...]}: each patient's samples of each panel
+    (immuno.batch.batch_key), with the columns gating reads. A row is a param of its
+    batch's gating: editing it (or a dose group, which gating does not read) reruns
+    only that batch, or nothing."""
+    from immuno.batch import batch_key
+
+    out = {}
+    for r in samples.to_dict("records"):
+        row = {
+            "sample_id": str(r["sample_id"]),
+            "patient_id": str(r["patient_id"]),
+            "panel": str(r["panel"]),
+            "visit_month": float(r["visit_month"]),
+            "fcs_path": str(r["fcs_path"]),
+        }
+        path = Path(row["fcs_path"])
+        if _braced(row["fcs_path"]) and path.is_file():
+            st = path.stat()  # not an input (braces): its size and date rerun the batch
+            row["stamp"] = f"{st.st_size}:{st.st_mtime_ns}"
+        out.setdefault((row["panel"], batch_key(row["patient_id"])), []).append(row)
+    return out
+
+
+def _alternatives(names):
+    import re
+
+    return "|".join(sorted(re.escape(n) for n in names)) or "(?!)"
+
+
 wildcard_constraints:
     sample=r"[^/]+",
+    panel=_alternatives(config["panels"]),
+    batch=_alternatives({b for _, b in _batches()}),
+
+
+def get_batch_rows(wildcards):
+    return _batches()[(wildcards.panel, wildcards.batch)]
+
+
+def get_batch_template(wildcards):
+    return config["panels"][wildcards.panel]
+
+
+def get_batch_fcs(wildcards):
+    # as get_fcs_files(): missing files are reported by the batch's input check
+    return sorted(
+        r["fcs_path"]
+        for r in get_batch_rows(wildcards)
+        if Path(r["fcs_path"]).is_file() and not _braced(r["fcs_path"])
+    )
+
+
+def get_panel_fits(wildcards):
+    return [
+        f"results/gating/fit/{panel}/{batch}"
+        for panel, batch in _batches()
+        if panel == wildcards.panel
+    ]
+
+
+def get_pool(wildcards):
+    return ancient(checkpoints.pool_panel.get(panel=wildcards.panel).output[0])
+
+
+@functools.cache
+def _read_pool(path, mtime_ns):
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def _pool(path):
+    return _read_pool(str(path), Path(path).stat().st_mtime_ns)
+
+
+def get_pool_digest(wildcards):
+    """The batch's digest file, written by the panel's pool (immuno.batch.pool_panel)."""
+    checkpoints.pool_panel.get(panel=wildcards.panel)
+    return f"results/gating/pool/{wildcards.panel}/{wildcards.batch}.digest"
+
+
+def get_gated_batches(wildcards):
+    """Each batch's final folder: pass 2's where the pool names a sample of it to gate
+    again, else pass 1's."""
+    dirs = []
+    for panel in config["panels"]:
+        keys = [b for p, b in _batches() if p == panel]
+        if not keys:
+            continue
+        pool = _pool(checkpoints.pool_panel.get(panel=panel).output[0])
+        for b in keys:
+            step = "final" if pool["batches"].get(b, {}).get("redo") else "fit"
+            dirs.append(f"results/gating/{step}/{panel}/{b}")
+    return dirs
 
 
 def get_sample_sheet():
@@ -180,12 +284,8 @@ def get_templates():
     return list(config["panels"].values())
 
 
-def _braced(path):
-    return "{" in path or "}" in path
-
-
 def get_fcs_files():
-    # Missing files are not inputs: check_inputs reports them per sample
+    # Missing files are not inputs: the gating's input check reports them per sample
     # (results/failed_samples.tsv) and the other samples go on. Nor is a path with
     # braces (Snakemake reads them as wildcards): get_fcs_stamp() sees its changes.
     return sorted(

@@ -25,10 +25,9 @@ rule plot_reconstitution:
 
 rule plot_gate_review:
     input:
+        batches=get_gated_batches,
         sheet=get_sample_sheet(),
         counts="results/counts.tsv",
-        gates="results/gates",
-        templates=get_templates(),
     output:
         # Linked from the report (workflow.rst), not embedded: one page for the cohort.
         directory("results/review"),
@@ -38,7 +37,6 @@ rule plot_gate_review:
         "results/benchmarks/plot_gate_review.tsv"
     conda:
         "../../envs/immuno.yaml"
-    threads: 64
     script:
         "../scripts/plot_gate_review.py"
 

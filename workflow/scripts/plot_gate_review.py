@@ -1,20 +1,14 @@
-"""Gate review figures: every gate of every sample over its parent's density."""
+"""The gate review page: every sample's review figure (drawn by its gating job) linked
+into results/review, and the page over them."""
 
 import logging
 
-from immuno.cohort import load_sample_sheet, load_templates, review_cohort
+from immuno.batch import gather_review
+from immuno.cohort import load_sample_sheet
 from immuno.util import read_tsv
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO, filemode="w")
-panels = snakemake.config["panels"]
-sheet = load_sample_sheet(snakemake.input.sheet, list(panels))
-counts = read_tsv(snakemake.input.counts)
-missing = review_cohort(
-    sheet,
-    counts,
-    snakemake.input.gates,
-    snakemake.output[0],
-    workers=snakemake.threads,
-    templates=load_templates(panels),
+sheet = load_sample_sheet(
+    snakemake.input.sheet, list(snakemake.config["panels"]), check_files=False
 )
-logging.info("%d samples without a review figure: %s", len(missing), ", ".join(missing))
+gather_review(snakemake.input.batches, sheet, read_tsv(snakemake.input.counts), snakemake.output[0])
