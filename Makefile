@@ -17,18 +17,23 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
+	$(BIN)/python scripts/demo-data.py config.yaml
 	$(BIN)/snakemake --cores $(CORES) --profile profiles/default
 	$(BIN)/snakemake --cores 1 --profile profiles/default --report results/report.html
 
 browser:
 	sh scripts/install-browser.sh
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest
 
+# The checks CI runs (make test runs them first). snakemake --lint parses the workflow
+# with the test configuration (.test/, as the snakemake-workflows do): it writes nothing.
 lint: setup
-	$(BIN)/ruff check src tests workflow benchmarks
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check src tests workflow benchmarks scripts
+	$(BIN)/ruff format --check src tests workflow benchmarks scripts
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake -s Snakefile --directory .test --configfile .test/config.yaml --lint
 
 clean:
 	rm -rf results .snakemake

@@ -182,7 +182,8 @@ def read_times(path: Path, n: int, repeats: int) -> tuple[float, float]:
 
 def breakdown(gates: Path, fcs: Path, out: Path, repeats: int) -> dict[str, float]:
     """In-process medians of the steps of ``apply_gates_to_file``."""
-    from immuno.gatingml import load_gatingml, write_gating_result
+    from immuno.gating import write_gating_result
+    from immuno.gatingml import load_gatingml
     from immuno.read import read_fcs
 
     steps: dict[str, list[float]] = {"s_read": [], "s_load": [], "s_gate": [], "s_write": []}

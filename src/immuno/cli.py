@@ -44,7 +44,7 @@ def _usable_cpus() -> int:
 
 
 def _cmd_apply_gates(args: argparse.Namespace) -> int:
-    from .gatingml import apply_gates_to_file
+    from .gating import apply_gates_to_file
 
     threads = args.threads or _usable_cpus()
     print(

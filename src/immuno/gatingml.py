@@ -1,9 +1,8 @@
-"""Gating-ML 2.0 in and out, and applying any gating file to one FCS file.
+"""Gating-ML 2.0 in and out.
 
 Calling convention: ``load_gatingml(path) -> GatingStrategy`` (evaluated by the
-project's own engine, :mod:`immuno.gate`), ``write_gatingml(strategy, path)``,
-and ``apply_gates_to_file(gates, fcs, sample_id=, out=)`` which writes
-``out/counts.tsv`` and ``out/membership.csv.gz``.
+project's own engine, :mod:`immuno.gate`) and ``write_gatingml(strategy, path)``.
+Applying any gating file to one FCS file is :func:`immuno.gating.apply_gates_to_file`.
 
 What is read (Gating-ML 2.0, ISAC 2013):
 
@@ -55,7 +54,6 @@ from .gate import (
     Dimension,
     EllipseGate,
     Gate,
-    GatingResult,
     GatingStrategy,
     PolygonGate,
     RectangleGate,
@@ -71,8 +69,6 @@ __all__ = [
     "IMMUNO_NS",
     "load_gatingml",
     "write_gatingml",
-    "apply_gates_to_file",
-    "write_gating_result",
     "parse_xml",
     "xml_ids",
 ]
@@ -865,131 +861,3 @@ def write_gatingml(
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-
-
-def write_gating_result(
-    result: GatingResult,
-    out: str | os.PathLike,
-    sample_id: str,
-    flags: dict[str, str] | None = None,
-) -> None:
-    """Write ``out/counts.tsv`` and ``out/membership.csv.gz`` for one sample.
-
-    ``counts.tsv``: ``sample_id, population, parent, count, parent_count,
-    percent_of_parent`` (percent 0-100 of the parent's events; the parent of a
-    top-level population is ``root``, all events), and ``qc_flag`` when ``flags``
-    (``{population: qc_flag}``) are given. ``membership.csv.gz``: one
-    0/1 column per population (header: the population names), one row per
-    event in FCS order (a standard gzip file, written by
-    :func:`immuno.gate.write_membership`). Each file is written to a temporary
-    file beside it and renamed into place, so a reader never sees a partial file.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out / "counts.tsv", result.counts_tsv(sample_id, flags).encode("utf-8"))
-    with atomic_path(out / "membership.csv.gz") as tmp:
-        result.write_membership(tmp)
-
-
-def _flowjo_sample(gates: Path, fcs_path: Path, sample_id: str | None) -> str | None:
-    from .flowjo import workspace_samples
-
-    names = workspace_samples(gates)
-    for cand in (sample_id, fcs_path.name, fcs_path.stem):
-        if cand and cand in names:
-            return cand
-    if len(names) == 1:
-        return names[0]
-    raise GatingFileError(
-        f"the workspace holds {len(names)} samples and none is called {fcs_path.name!r}",
-        file=str(gates),
-        sample=sample_id,
-        hint=f"pass --sample-id with one of: {', '.join(names)}",
-    )
-
-
-def apply_gates_to_file(
-    gates: str | os.PathLike,
-    fcs: str | os.PathLike,
-    *,
-    sample_id: str | None = None,
-    out: str | os.PathLike,
-    threads: int = 1,
-) -> str:
-    """Apply a gating file to one FCS file and write counts and memberships.
-
-    Parameters
-    ----------
-    gates
-        ``.xml`` (Gating-ML 2.0), ``.wsp`` (FlowJo 10 workspace: the sample named
-        ``sample_id`` or the FCS file's name; a one-sample workspace needs
-        neither) or ``.yaml``/``.yml`` (a data-driven template, fitted to this
-        file by :func:`immuno.autogate.gate_template`, whose review reasons fill
-        ``qc_flag``).
-    fcs
-        The FCS file (read-only).
-    sample_id
-        Sample id for ``counts.tsv`` (default: the FCS file name without suffix).
-    out
-        Output folder; gets ``counts.tsv`` and ``membership.csv.gz``
-        (see :func:`write_gating_result`).
-    threads
-        Blocks of events gated at once (see :meth:`GatingStrategy.apply`); the
-        counts do not depend on it.
-
-    Returns
-    -------
-    str
-        One line: the sample, how many populations were gated with which file, how
-        many carry a ``qc_flag`` (a template's review reasons; a fixed gating file has
-        none) and where the outputs are.
-    """
-    from .read import read_fcs
-
-    gpath, fpath = Path(gates), Path(fcs)
-    suffix = gpath.suffix.lower()
-    if suffix not in (".xml", ".wsp", ".yaml", ".yml"):
-        raise GatingFileError(
-            f"unknown gating file type {suffix or '(none)'!r}",
-            file=str(gpath),
-            hint="use a Gating-ML 2.0 .xml, a FlowJo .wsp or a template .yaml",
-        )
-    if not gpath.is_file():
-        raise GatingFileError("gating file does not exist", file=str(gpath))
-    sid = sample_id or fpath.stem
-    data = read_fcs(fpath)
-    flags: dict[str, str] = {}
-    if suffix == ".xml":
-        strategy = load_gatingml(gpath)
-    elif suffix == ".wsp":
-        from .flowjo import load_flowjo
-
-        strategy = load_flowjo(gpath, sample=_flowjo_sample(gpath, fpath, sample_id))
-    else:
-        try:
-            from .autogate import gate_template
-        except ImportError:
-            raise GatingFileError(
-                "data-driven templates need the immuno.autogate module, which is not available",
-                file=str(gpath),
-                hint="use a Gating-ML .xml or FlowJo .wsp file, or install immuno with autogate",
-            ) from None
-        fitted = gate_template(gpath, data, sid)
-        strategy = fitted.strategy
-        flags = {pop: fitted.flag(pop) for pop in fitted.fits}
-    try:
-        result = strategy.apply(data, sample_id=sid, threads=threads)
-    except GatingError as exc:
-        if exc.sample is None:
-            exc.sample = sid
-        if exc.file is None:
-            exc.file = str(fpath)
-        raise
-    write_gating_result(result, out, sid, {p: flags.get(p, "") for p in result.masks})
-    n_flagged = sum(bool(flags.get(p)) for p in result.masks)
-    line = (
-        f"{sid}: {len(result.masks)} populations gated with {gpath.name}, "
-        f"{n_flagged} with a qc_flag -> {Path(out) / 'counts.tsv'}, membership.csv.gz"
-    )
-    log.info("%s", line)
-    return line

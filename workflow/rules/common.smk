@@ -46,21 +46,17 @@ def _refuse_braces(sheet):
 
 
 def _load_samples():
-    """Read and validate the sample sheet; create the demo cohort if it is what is asked for."""
+    """Read and validate the sample sheet (parsing writes nothing: the demo cohort is
+    created by `make demo`, scripts/demo-data.py)."""
     from immuno.cohort import load_sample_sheet
     from immuno.errors import ImmunoError
 
     sheet = Path(config["samples"])
-    demo = config.get("demo", {})
-    demo_sheet = Path(demo.get("out", "data/demo")) / "samples.tsv"
+    demo_sheet = Path(config.get("demo", {}).get("out", "data/demo")) / "samples.tsv"
     if not sheet.exists() and sheet.resolve() == demo_sheet.resolve():
-        from immuno.simulate import simulate_cohort
-
-        logger.info(f"Creating the demo cohort in {demo_sheet.parent} (once).")
-        simulate_cohort(
-            demo_sheet.parent,
-            seed=demo.get("seed", 1),
-            events=demo.get("events", 20000),
+        raise WorkflowError(
+            f"the demo cohort is not created yet ({sheet}): `make demo` creates it and "
+            "runs the workflow (or: python scripts/demo-data.py config.yaml)"
         )
     try:
         df = load_sample_sheet(sheet, list(config["panels"]))

@@ -26,8 +26,6 @@ rule fit_batch:
 
 
 checkpoint pool_panel:
-    # quick and single-process: on a cluster it runs where snakemake runs, not queued
-    localrule: True
     input:
         fits=get_panel_fits,
         template=get_batch_template,
@@ -38,6 +36,8 @@ checkpoint pool_panel:
         "logs/pool_panel/{panel}.log",
     benchmark:
         "results/benchmarks/pool_panel/{panel}.tsv"
+    # quick and single-process: on a cluster it runs where snakemake runs, not queued
+    localrule: True
     conda:
         "../../envs/immuno.yaml"
     script:
@@ -68,7 +68,6 @@ rule finish_batch:
 
 
 rule gather_gating:
-    localrule: True
     input:
         batches=get_gated_batches,
         sheet=get_sample_sheet(),
@@ -88,6 +87,7 @@ rule gather_gating:
         "logs/gather_gating.log",
     benchmark:
         "results/benchmarks/gather_gating.tsv"
+    localrule: True
     conda:
         "../../envs/immuno.yaml"
     script:
