@@ -78,7 +78,7 @@ def copy_workflow(dest: Path) -> None:
 
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]")
-_RULE = re.compile(r"^(?:local)?rule (\w+):")
+_RULE = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):")
 _JOBID = re.compile(r"^\s+jobid: (\d+)")
 _DONE = re.compile(r"^Finished job(?:id:)? (\d+)")
 

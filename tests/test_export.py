@@ -666,3 +666,45 @@ def test_polygon_clipping_keeps_membership_inside_the_box():
     np.testing.assert_array_equal(points_in_polygon(pts, clipped), points_in_polygon(pts, verts))
     far = np.array([[100.0, 100.0], [101.0, 100.0], [100.0, 101.0]])
     assert len(_clip_polygon(far, box)) == 0  # wholly outside: nothing left
+
+
+def test_stored_memberships_export_what_the_gates_give(gated, tmp_path, templates_dir):
+    """The workflow's exports read each sample's memberships as its gating job stored them
+    (immuno.memberships): the AnnData and gated FCS files equal those of the gates
+    applied again, bit for bit, and a memberships file of another event count is refused."""
+    from immuno.autogate import gate_one, load_template
+    from immuno.export import export_anndata, export_gated_fcs, gated_samples
+    from immuno.memberships import read_memberships, write_memberships
+    from immuno.read import read_fcs
+
+    samples, _ = gated
+    t = samples[samples.panel == "T"].drop(columns="memberships")
+    template = load_template(templates_dir / "t_cell.yaml")
+    stored = tmp_path / "memberships"
+    stored.mkdir()
+    for row in t.itertuples():
+        res = gate_one(read_fcs(row.fcs_path), template, sample_id=row.sample_id)
+        parents = {g.id: g.parent for g in res.strategy.gates.values()}
+        write_memberships(stored / f"{row.sample_id}.npz", res.masks, parents)
+        masks, back = read_memberships(stored / f"{row.sample_id}.npz")
+        assert list(masks) == list(res.masks) and back == parents
+        assert all(np.array_equal(masks[p], res.masks[p]) for p in masks)
+    gates_dir = Path(t["gates"].iloc[0]).parent
+    with_stored = gated_samples(t.drop(columns="gates"), gates_dir, stored)
+    assert with_stored["memberships"].ne("").all()
+    a = export_anndata(t, template, tmp_path / "applied.h5ad", max_events_per_sample=500)
+    b = export_anndata(with_stored, template, tmp_path / "stored.h5ad", max_events_per_sample=500)
+    _assert_same_h5ad(b, a)
+    row = with_stored.iloc[0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    n_a = export_gated_fcs(row.fcs_path, row.gates, "cd4", tmp_path / "a" / "x.fcs")
+    n_b = export_gated_fcs(
+        row.fcs_path, row.gates, "cd4", tmp_path / "b" / "x.fcs", row.memberships
+    )
+    assert n_a == n_b > 0
+    assert (tmp_path / "a" / "x.fcs").read_bytes() == (tmp_path / "b" / "x.fcs").read_bytes()
+    masks, parents = read_memberships(row.memberships)
+    write_memberships(tmp_path / "short.npz", {p: m[:-1] for p, m in masks.items()}, parents)
+    with pytest.raises(GatingFileError, match="memberships hold"):
+        export_gated_fcs(row.fcs_path, row.gates, "cd4", tmp_path / "c.fcs", tmp_path / "short.npz")

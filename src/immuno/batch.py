@@ -51,7 +51,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The per-sample files of a batch folder: (subfolder, suffix).
-PRODUCTS = (("gates", ".xml"), ("figures", ".png"), ("thumbs", ".png"), ("edit", ".js"))
+PRODUCTS = (
+    ("gates", ".xml"),
+    ("memberships", ".npz"),
+    ("figures", ".png"),
+    ("thumbs", ".png"),
+    ("edit", ".js"),
+)
+#: What results/review holds of a batch's products.
+REVIEW_PRODUCTS = PRODUCTS[2:]
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -104,25 +112,29 @@ def _load_template(panel: str, template_path: str):
 
 
 def _gate_and_draw(inp, template, out: Path, specs: dict, *, pass1: bool = False, **kwargs):
-    """Gate one sample (:func:`~immuno.autogate.gate_input`) and draw its review figure
-    from the same events and masks: ``(result, gate ids or None)``. A figure that cannot
-    be drawn is logged and costs the sample nothing but its figure. In ``pass1``, a
-    sample that borrows a gate is not drawn: pass 2 gates it again and draws it."""
+    """Gate one sample (:func:`~immuno.autogate.gate_input`), store its event memberships
+    (:func:`~immuno.memberships.write_memberships`) and draw its review figure from the
+    same events and masks: ``(result, gate ids or None)``. A figure that cannot be drawn
+    is logged and costs the sample nothing but its figure. In ``pass1``, a sample that
+    borrows a gate gets neither: pass 2 gates it again."""
     from .autogate import gate_input
     from .cohort import draw_review
+    from .memberships import write_memberships
 
     drawn: list = [None]
 
-    def draw(fcs, res):
+    def done(fcs, res):
         if pass1 and any("needs_borrowing" in f.flags for f in res.fits.values()):
             return
+        parents = {g.id: g.parent for g in res.strategy.gates.values()}
+        write_memberships(out / "memberships" / f"{inp.sample_id}.npz", res.masks, parents)
         flags = {pop: res.flag(pop) for pop in res.table["population"]}
         try:
             drawn[0] = draw_review(fcs, res.strategy, res.masks, inp.sample_id, flags, out, specs)
         except Exception:  # a figure must not cost the sample its counts
             log.exception("no review figure for %s", inp.sample_id)
 
-    res = gate_input(inp, template, on_gated=draw, **kwargs)
+    res = gate_input(inp, template, on_gated=done, **kwargs)
     return res, drawn[0]
 
 
@@ -139,6 +151,18 @@ def _entry(row, res, template, out: Path, check, review) -> dict:
 def _mkdirs(out: Path, products=PRODUCTS) -> None:
     for sub, _ in products:
         (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _say_batch(panel: str, patient: str, samples: list[dict], step: str, gated: int) -> None:
+    """One console line per batch (the job's stderr reaches the console) and the log."""
+    import sys
+
+    failed = [e["sample_id"] for e in samples if e["failed"] is not None]
+    line = f"{panel} {patient}: {gated - len(failed)} of {gated} samples gated ({step})"
+    if failed:
+        line += f"; failed: {', '.join(failed)} (results/failed_samples.tsv says why)"
+    print(line, file=sys.stderr, flush=True)
+    log.info("%s", line)
 
 
 def _log_sample(entry: dict, i: int, n: int, step: str) -> None:
@@ -185,6 +209,7 @@ def fit_batch(rows: Sequence[dict], panel: str, template_path: str, out_dir: str
         "samples": samples,
     }
     _write_json(doc, out / "samples.json")
+    _say_batch(panel, doc["patient_id"], samples, "pass 1", len(samples))
     return doc
 
 
@@ -298,6 +323,8 @@ def finish_batch(
         )
         samples.append(_entry(e["row"], res, template, out, e["check"], review))
         _log_sample(samples[-1], len(samples), len(fitted["samples"]), "pass 2")
+    again = [e for e in samples if e["sample_id"] in pool.redo]
+    _say_batch(panel, fitted["patient_id"], again, "pass 2", redo)
     log.info("%d of %d samples gated again; the others' files linked", redo, len(samples))
     doc = {**fitted, "samples": samples}
     _write_json(doc, out / "samples.json")
@@ -341,22 +368,21 @@ def gather_gating(
     corrections_path,
     checks_path,
     gates_dir,
+    memberships_dir,
 ) -> None:
-    """The cohort's gating tables (:func:`~immuno.cohort.write_gating_tables`) and
-    ``gates_dir/<sample_id>.xml`` from the batch folders, with one warning per panel
-    for files read on another scale."""
+    """The cohort's gating tables (:func:`~immuno.cohort.write_gating_tables`),
+    ``gates_dir/<sample_id>.xml`` and ``memberships_dir/<sample_id>.npz`` from the batch
+    folders, with one warning per panel for files read on another scale."""
     from .autogate import SCALE_WARNING
     from .cohort import write_gating_tables
 
     entries, where = _entries(batch_dirs, sheet)
-    gates_dir = Path(gates_dir)
-    gates_dir.mkdir(parents=True, exist_ok=True)
-    for e in entries:
-        if e["failed"] is None:
-            _link(
-                where[e["sample_id"]] / "gates" / f"{e['sample_id']}.xml",
-                gates_dir / f"{e['sample_id']}.xml",
-            )
+    for folder, (sub, suffix) in ((gates_dir, PRODUCTS[0]), (memberships_dir, PRODUCTS[1])):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for e in entries:
+            if e["failed"] is None:
+                sid = e["sample_id"]
+                _link(where[sid] / sub / f"{sid}{suffix}", Path(folder) / f"{sid}{suffix}")
     write_gating_tables(
         entries,
         counts_path=counts_path,
@@ -388,7 +414,7 @@ def gather_review(
     from .review import review_records, write_review_page
 
     out = Path(out_dir)
-    _mkdirs(out, PRODUCTS[1:])
+    _mkdirs(out, REVIEW_PRODUCTS)
     entries, where = _entries(batch_dirs, sheet)
     order, missing = {}, []
     for e in entries:
@@ -398,7 +424,7 @@ def gather_review(
         if e["review"] is None:
             missing.append(sid)
             continue
-        for sub, suffix in PRODUCTS[1:]:
+        for sub, suffix in REVIEW_PRODUCTS:
             _link(where[sid] / sub / f"{sid}{suffix}", out / sub / f"{sid}{suffix}")
         order[sid] = e["review"]
     write_review_page(review_records(counts.astype({"sample_id": str}), order), out / "index.html")

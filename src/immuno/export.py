@@ -95,7 +95,9 @@ _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 # --------------------------------------------------------------------------- samples
 
 
-def gated_samples(sheet, gates_dir: str | os.PathLike):
+def gated_samples(
+    sheet, gates_dir: str | os.PathLike, memberships_dir: str | os.PathLike | None = None
+):
     """The samples of ``sheet`` that have realised gates, with their ``gates`` file.
 
     Parameters
@@ -105,21 +107,53 @@ def gated_samples(sheet, gates_dir: str | os.PathLike):
         (``fcs_path`` resolved).
     gates_dir
         The folder of ``<sample_id>.xml`` Gating-ML files (``results/gates``).
+    memberships_dir
+        The folder of ``<sample_id>.npz`` event memberships its gating job stored
+        (``results/memberships``, :mod:`immuno.memberships`): the exports read them
+        instead of applying the gates again. Without it, or for a sample without one,
+        the gates are applied.
 
     Returns
     -------
     pandas.DataFrame
         The rows of ``sheet`` whose Gating-ML file exists (a sample that failed
-        has none), in sheet order, with a ``gates`` column (the file's path).
+        has none), in sheet order, with a ``gates`` column (the file's path) and a
+        ``memberships`` column (the file's path, or empty).
     """
     gates_dir = Path(gates_dir)
     out = sheet.copy()
     out["gates"] = [str(gates_dir / f"{sid}.xml") for sid in out["sample_id"]]
+    stored = [
+        Path(memberships_dir) / f"{sid}.npz" if memberships_dir else None
+        for sid in out["sample_id"]
+    ]
+    out["memberships"] = [str(p) if p is not None and p.is_file() else "" for p in stored]
     keep = [Path(p).is_file() for p in out["gates"]]
     missing = [sid for sid, k in zip(out["sample_id"], keep, strict=True) if not k]
     if missing:
         log.info("%d samples have no realised gates (failed) and are not exported", len(missing))
     return out[keep].reset_index(drop=True)
+
+
+def _memberships(rec: Mapping, fcs) -> tuple[dict, dict]:
+    """``(masks, parents)`` of one sample: its stored memberships when the row names a
+    file (checked against the FCS file's events), else its gates applied to ``fcs``."""
+    path = str(rec.get("memberships") or "")
+    if not path:
+        result = load_gatingml(rec["gates"]).apply(fcs, sample_id=str(rec["sample_id"]))
+        return result.masks, result.parents
+    from .memberships import read_memberships
+
+    masks, parents = read_memberships(path)
+    n = {len(m) for m in masks.values()}
+    if n and n != {fcs.n_events}:
+        raise GatingFileError(
+            f"memberships hold {n.pop()} events, the FCS file {fcs.n_events}",
+            file=path,
+            sample=str(rec["sample_id"]),
+            hint="the FCS file changed after gating: rerun the workflow",
+        )
+    return masks, parents
 
 
 def _records(samples, required: Iterable[str]) -> list[dict]:
@@ -1065,17 +1099,17 @@ def export_anndata(
             for col in ("patient_id", "dose_group", "panel"):
                 codes[col].write(np.full(m, study[col][1][k], dtype=codes[col].ds.dtype))
             visit_month.write(np.full(m, months[k]))
-            result = load_gatingml(rec["gates"]).apply(fcs, sample_id=sid)
-            for pop in result.masks:
+            masks, their_parents = _memberships(rec, fcs)
+            for pop in masks:
                 if pop not in members:
                     ok = pop not in reserved and "/" not in pop
                     members[pop] = _Rows(obs, pop, n_obs, bool, start=at) if ok else None
-                    parents[pop] = result.parents[pop] or "root"
+                    parents[pop] = their_parents[pop] or "root"
             for pop, column in members.items():
                 if column is not None:
-                    mask = result.masks.get(pop)
+                    mask = masks.get(pop)
                     column.write(np.zeros(m, dtype=bool) if mask is None else mask[rows])
-            del fcs, result  # before the next file is read
+            del fcs, masks  # before the next file is read
             at += m
         if var_names is None:  # no sample: the panel's variables, no events
             var_names = list(getattr(getattr(template, "panel", None), "markers", {}) or [])
@@ -1258,6 +1292,7 @@ def export_gated_fcs(
     gates_xml: str | os.PathLike,
     population: str,
     out_path: str | os.PathLike,
+    memberships: str | os.PathLike | None = None,
 ) -> int:
     """Write the events of one population as an FCS 3.1 file.
 
@@ -1281,6 +1316,9 @@ def export_gated_fcs(
         The population to keep (its name in ``counts.tsv``).
     out_path
         The FCS file to write (atomically); its folder must exist.
+    memberships
+        The sample's stored memberships (:mod:`immuno.memberships`), read instead of
+        applying ``gates_xml`` again.
 
     Returns
     -------
@@ -1304,7 +1342,8 @@ def export_gated_fcs(
             field=population,
             hint=f"populations: {', '.join(strategy.gates)}",
         )
-    mask = strategy.apply(fcs).masks[population]
+    rec = {"sample_id": Path(fcs_path).stem, "gates": gates_xml, "memberships": memberships}
+    mask = _memberships(rec, fcs)[0][population]
     events = fcs.events[mask]
     logged = []
     default_kind = fcs.text.get("$DATATYPE", "").strip().upper()
@@ -1382,7 +1421,9 @@ def export_gated_cohort(samples, population: str, out_dir: str | os.PathLike) ->
             continue
         sid = str(rec["sample_id"])
         path = out_dir / f"{sid}.{population}.fcs"
-        n = export_gated_fcs(rec["fcs_path"], rec["gates"], population, path)
+        n = export_gated_fcs(
+            rec["fcs_path"], rec["gates"], population, path, rec.get("memberships") or None
+        )
         written.append(path)
         rows.append(
             {

@@ -83,6 +83,7 @@ rule gather_gating:
             category="Quality control",
         ),
         gates=directory("results/gates"),
+        memberships=directory("results/memberships"),
     log:
         "logs/gather_gating.log",
     benchmark:

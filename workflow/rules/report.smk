@@ -1,6 +1,3 @@
-import re
-
-
 rule write_provenance:
     input:
         sheet=get_sample_sheet(),
@@ -115,6 +112,7 @@ rule export_anndata:
     input:
         sheet=get_sample_sheet(),
         gates="results/gates",
+        memberships="results/memberships",
         template=lambda wc: config["panels"][wc.panel],
         fcs=get_fcs_files(),
     output:
@@ -123,8 +121,6 @@ rule export_anndata:
         "logs/export_anndata/{panel}.log",
     benchmark:
         "results/benchmarks/export_anndata/{panel}.tsv"
-    wildcard_constraints:
-        panel="|".join(re.escape(p) for p in config["panels"]),
     conda:
         "../../envs/immuno.yaml"
     resources:
@@ -140,6 +136,7 @@ rule export_gated_fcs:
     input:
         sheet=get_sample_sheet(),
         gates="results/gates",
+        memberships="results/memberships",
         fcs=get_fcs_files(),
     output:
         directory("results/exports/gated_fcs"),

@@ -12,7 +12,9 @@ sheet = load_sample_sheet(
     snakemake.input.sheet, list(snakemake.config["panels"]), check_files=False
 )
 export_anndata(
-    gated_samples(sheet[sheet["panel"] == panel], snakemake.input.gates),
+    gated_samples(
+        sheet[sheet["panel"] == panel], snakemake.input.gates, snakemake.input.memberships
+    ),
     load_gating(snakemake.input.template, name=panel),
     snakemake.output[0],
     max_events_per_sample=snakemake.params.max_events,

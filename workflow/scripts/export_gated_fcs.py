@@ -10,5 +10,7 @@ sheet = load_sample_sheet(
     snakemake.input.sheet, list(snakemake.config["panels"]), check_files=False
 )
 export_gated_cohort(
-    gated_samples(sheet, snakemake.input.gates), snakemake.params.population, snakemake.output[0]
+    gated_samples(sheet, snakemake.input.gates, snakemake.input.memberships),
+    snakemake.params.population,
+    snakemake.output[0],
 )

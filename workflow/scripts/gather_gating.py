@@ -20,4 +20,5 @@ gather_gating(
     corrections_path=snakemake.output.corrections,
     checks_path=snakemake.output.checks,
     gates_dir=snakemake.output.gates,
+    memberships_dir=snakemake.output.memberships,
 )
