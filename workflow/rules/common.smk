@@ -252,9 +252,11 @@ def _pool(path):
 
 
 def get_pool_digest(wildcards):
-    """The batch's digest file, written by the panel's pool (immuno.batch.pool_panel)."""
-    checkpoints.pool_panel.get(panel=wildcards.panel)
-    return f"results/gating/pool/{wildcards.panel}/{wildcards.batch}.digest"
+    """The batch's digest file, written by the panel's pool (immuno.batch.pool_panel);
+    the pool itself, by date, should the digest file have been removed."""
+    pool = checkpoints.pool_panel.get(panel=wildcards.panel).output[0]
+    digest = Path(pool).with_suffix("") / f"{wildcards.batch}.digest"
+    return str(digest) if digest.exists() else pool
 
 
 def get_gated_batches(wildcards):
