@@ -2278,19 +2278,30 @@ SCALE_WARNING = (
 )
 
 
-def _warn_scale(results: list[SampleGating], template: Template) -> None:
-    """One warning per panel for the files read on another scale (:func:`check_scale`)."""
-    if not template.populations:
-        return
-    first = template.populations[0].name
+def scale_notes(res: SampleGating, template) -> list[str]:
+    """The notes of a file read on another scale (:func:`check_scale`): kept on the
+    panel's first population."""
+    fit = res.fits.get(template.populations[0].name) if template.populations else None
+    return [
+        n for n in (fit.notes if fit else ()) if n.startswith(("linear_scale", "not_compensated"))
+    ]
+
+
+def warn_scale(panel: str, notes: dict[str, list[str]], n_files: int) -> None:
+    """One warning per panel and note for the files read on another scale;
+    ``notes``: ``{sample_id: scale_notes}``."""
     seen: dict[str, list[str]] = {}
-    for r in results:
-        fit = r.fits.get(first)
-        for note in fit.notes if fit else ():
-            if note.startswith(("linear_scale", "not_compensated")):
-                seen.setdefault(note, []).append(r.sample_id)
+    for sid, ns in notes.items():
+        for note in ns:
+            seen.setdefault(note, []).append(sid)
     for note, ids in sorted(seen.items()):
-        log.warning(SCALE_WARNING, template.name, len(ids), len(results), note, ids[0])
+        log.warning(SCALE_WARNING, panel, len(ids), n_files, note, ids[0])
+
+
+def _warn_scale(results: list[SampleGating], template: Template) -> None:
+    warn_scale(
+        template.name, {r.sample_id: scale_notes(r, template) for r in results}, len(results)
+    )
 
 
 def _group_stats(iv: list[tuple[int, float, float]], min_group: int):

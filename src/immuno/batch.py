@@ -35,9 +35,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from .util import atomic_path
+from .util import atomic_path, plain
 
 __all__ = [
     "batch_key",
@@ -73,20 +71,9 @@ def batch_key(patient_id: str) -> str:
     return "p-" + hashlib.sha1(pid.encode("utf-8")).hexdigest()[:12]
 
 
-def _plain(value):
-    """A JSON-ready copy: numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _write_json(doc, path: Path) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(_plain(doc), indent=1))
+        Path(tmp).write_text(json.dumps(plain(doc), indent=1))
 
 
 def read_batch(folder: str | Path) -> dict:
@@ -142,7 +129,7 @@ def _entry(row, res, template, out: Path, check, review) -> dict:
     from .cohort import sample_entry
 
     entry = sample_entry(row, res, template, out / "gates", check)
-    entry["row"] = _plain(row)
+    entry["row"] = plain(row)
     entry["record"] = res.record() if res is not None and res.error is None else None
     entry["review"] = review if entry["failed"] is None else None
     return entry
@@ -196,7 +183,7 @@ def fit_batch(rows: Sequence[dict], panel: str, template_path: str, out_dir: str
     checks = check_inputs(pd.DataFrame(list(rows)), {panel: template}).to_dict("records")
     specs = review_specs(template)
     samples = []
-    for i, (row, check) in enumerate(zip(rows, map(_plain, checks), strict=True), 1):
+    for i, (row, check) in enumerate(zip(rows, map(plain, checks), strict=True), 1):
         if check["status"] != "ok":
             samples.append(_entry(row, None, template, out, check, None))
         else:
@@ -373,7 +360,7 @@ def gather_gating(
     """The cohort's gating tables (:func:`~immuno.cohort.write_gating_tables`),
     ``gates_dir/<sample_id>.xml`` and ``memberships_dir/<sample_id>.npz`` from the batch
     folders, with one warning per panel for files read on another scale."""
-    from .autogate import SCALE_WARNING
+    from .autogate import warn_scale
     from .cohort import write_gating_tables
 
     entries, where = _entries(batch_dirs, sheet)
@@ -392,17 +379,12 @@ def gather_gating(
         corrections_path=corrections_path,
         checks_path=checks_path,
     )
-    by_panel: dict[str, list[dict]] = {}
+    by_panel: dict[str, dict[str, list[str]]] = {}
     for e in entries:
         if e["failed"] is None:
-            by_panel.setdefault(e["panel"], []).append(e)
-    for panel, es in by_panel.items():
-        seen: dict[str, list[str]] = {}
-        for e in es:
-            for note in e["scale_notes"]:
-                seen.setdefault(note, []).append(e["sample_id"])
-        for note, ids in sorted(seen.items()):
-            log.warning(SCALE_WARNING, panel, len(ids), len(es), note, ids[0])
+            by_panel.setdefault(e["panel"], {})[e["sample_id"]] = e["scale_notes"]
+    for panel, notes in by_panel.items():
+        warn_scale(panel, notes, len(notes))
 
 
 def gather_review(

@@ -450,7 +450,7 @@ def sample_entry(row: dict, res, template, gates_dir: Path, check: dict | None =
     ``res`` is the sample's :class:`~immuno.autogate.SampleGating` (``None`` when
     ``check``, its :func:`check_inputs` row, is not ``ok``).
     """
-    from .autogate import realised_params
+    from .autogate import realised_params, scale_notes
     from .gatingml import time_gates
 
     sid = str(row["sample_id"])
@@ -485,20 +485,15 @@ def sample_entry(row: dict, res, template, gates_dir: Path, check: dict | None =
     fitted.insert(0, "panel", row["panel"])
     entry["params"] = _records(fitted)
     entry["time_gates"] = sorted(time_gates(res.strategy))
-    first = template.populations[0].name if template.populations else None
-    fit = res.fits.get(first)
-    entry["scale_notes"] = [
-        n for n in (fit.notes if fit else ()) if n.startswith(("linear_scale", "not_compensated"))
-    ]
+    entry["scale_notes"] = scale_notes(res, template)
     return entry
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as plain Python values (JSON-ready; NaN stays NaN)."""
-    return [
-        {k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-        for r in df.to_dict("records")
-    ]
+    from .util import plain
+
+    return plain(df.to_dict("records"))
 
 
 def write_gating_tables(

@@ -77,6 +77,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def plain(value):
+    """A JSON-ready copy of dicts, lists and tuples: numpy scalars as Python numbers."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def write_tsv(df, path: str | os.PathLike, **kwargs) -> Path:
     """Write a DataFrame as TSV atomically (no index, NaN as empty)."""
     with atomic_path(path) as tmp:

@@ -174,6 +174,21 @@ def _braced(path):
     return "{" in path or "}" in path
 
 
+def _is_input(path):
+    """Missing files are not inputs: the gating's input check reports them per sample
+    (results/failed_samples.tsv) and the other samples go on. Nor is a path with braces
+    (Snakemake reads them as wildcards): its stamp (_stamp) is a param instead."""
+    return Path(path).is_file() and not _braced(path)
+
+
+def _stamp(path):
+    """Size and modification time of a file that cannot be an input, or None."""
+    if not (_braced(path) and Path(path).is_file()):
+        return None
+    st = Path(path).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 @functools.cache
 def _batches():
     """{(panel, batch): [row, ...]}: each patient's samples of each panel
@@ -191,10 +206,8 @@ def _batches():
             "visit_month": float(r["visit_month"]),
             "fcs_path": str(r["fcs_path"]),
         }
-        path = Path(row["fcs_path"])
-        if _braced(row["fcs_path"]) and path.is_file():
-            st = path.stat()  # not an input (braces): its size and date rerun the batch
-            row["stamp"] = f"{st.st_size}:{st.st_mtime_ns}"
+        if _stamp(row["fcs_path"]):  # not an input: its size and date rerun the batch
+            row["stamp"] = _stamp(row["fcs_path"])
         out.setdefault((row["panel"], batch_key(row["patient_id"])), []).append(row)
     return out
 
@@ -220,12 +233,7 @@ def get_batch_template(wildcards):
 
 
 def get_batch_fcs(wildcards):
-    # as get_fcs_files(): missing files are reported by the batch's input check
-    return sorted(
-        r["fcs_path"]
-        for r in get_batch_rows(wildcards)
-        if Path(r["fcs_path"]).is_file() and not _braced(r["fcs_path"])
-    )
+    return sorted(r["fcs_path"] for r in get_batch_rows(wildcards) if _is_input(r["fcs_path"]))
 
 
 def get_panel_fits(wildcards):
@@ -283,12 +291,7 @@ def get_templates():
 
 
 def get_fcs_files():
-    # Missing files are not inputs: the gating's input check reports them per sample
-    # (results/failed_samples.tsv) and the other samples go on. Nor is a path with
-    # braces (Snakemake reads them as wildcards): get_fcs_stamp() sees its changes.
-    return sorted(
-        p for p in samples["fcs_path"] if Path(p).is_file() and not _braced(p)
-    )
+    return sorted(p for p in samples["fcs_path"] if _is_input(p))
 
 
 def get_fcs_stamp():
@@ -298,9 +301,8 @@ def get_fcs_stamp():
 
     digest = hashlib.sha256()
     for p in sorted(samples["fcs_path"]):
-        if _braced(p) and Path(p).is_file():
-            st = Path(p).stat()
-            digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if _stamp(p):
+            digest.update(f"{p}\0{_stamp(p)}\n".encode())
     return digest.hexdigest()
 
 
