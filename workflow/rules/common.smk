@@ -233,7 +233,9 @@ def get_batch_template(wildcards):
 
 
 def get_batch_fcs(wildcards):
-    return sorted(r["fcs_path"] for r in get_batch_rows(wildcards) if _is_input(r["fcs_path"]))
+    return sorted(
+        r["fcs_path"] for r in get_batch_rows(wildcards) if _is_input(r["fcs_path"])
+    )
 
 
 def get_panel_fits(wildcards):
