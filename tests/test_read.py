@@ -846,3 +846,30 @@ def test_a_text_of_millions_of_keywords_is_refused_before_it_is_split(tmp_path):
     tracemalloc.stop()
     assert err.value.field == "TEXT"
     assert time.perf_counter() - t0 < 5 and peak < 100e6
+
+
+@pytest.mark.parametrize("when", ["before TEXT", "before DATA"])
+def test_a_file_that_shrinks_while_it_is_read_is_the_projects_error(tmp_path, monkeypatch, when):
+    """A file still being copied (or truncated by another process) while it is read: no
+    SIGBUS from a mapped page beyond the new end, no bare reshape ValueError."""
+    import os
+
+    import immuno.read as reader
+
+    ev = np.arange(3000, dtype="<f4").reshape(1000, 3)
+    path = _write(tmp_path, fz.build_fcs(fz.channel_keywords(ev, "F"), ev.tobytes()))
+    size = path.stat().st_size
+    name = "_parse_header" if when == "before TEXT" else "_read_text_at"
+    real = getattr(reader, name)
+
+    def then_shrink(*args, **kwargs):
+        out = real(*args, **kwargs)
+        os.truncate(path, 70 if when == "before TEXT" else size // 2)
+        return out
+
+    monkeypatch.setattr(reader, name, then_shrink)
+    with pytest.raises(FCSError) as info:
+        read_fcs(path)
+    assert info.value.file == str(path)
+    assert f"{size} when it was opened" in info.value.message
+    assert "changed while it was read" in info.value.hint

@@ -56,9 +56,9 @@ from __future__ import annotations
 
 import logging
 import math
-import mmap
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -487,12 +487,51 @@ def _open(path: Path):
     return f
 
 
+_CHANGED_HINT = (
+    "the file changed while it was read (still being copied?); read it again once it is complete"
+)
+
+
+class _FileBytes:
+    """A file's bytes by offset, read on demand (``os.pread``) from one open file: what
+    the reader slices instead of a memory map, so that a file that shrinks while it is
+    read gives the project's error, where a mapped page beyond the new end kills the
+    process (SIGBUS). ``len`` is the size when it was opened; slices return ``bytes``."""
+
+    def __init__(self, f, path: Path):
+        self.file, self.path = f, str(path)
+        self._size = os.fstat(f.fileno()).st_size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, s: slice) -> bytes:
+        start, stop, _ = s.indices(self._size)
+        n = max(stop - start, 0)
+        data = os.pread(self.file.fileno(), n, start) if n else b""
+        if len(data) < n:
+            self.shrunk()
+        return data
+
+    def shrunk(self):
+        """Raise the error for a file that became shorter than when it was opened."""
+        now = os.fstat(self.file.fileno()).st_size
+        raise FCSError(
+            f"file is now {now} bytes, {self._size} when it was opened",
+            file=self.path,
+            field="DATA",
+            hint=_CHANGED_HINT,
+        )
+
+
+@contextmanager
 def _map(path: Path):
+    """The file's bytes (:class:`_FileBytes`) while the ``with`` block lasts."""
     with _open(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
+        buf = _FileBytes(f, path)
+        if len(buf) == 0:
             raise FCSError("file is empty", file=str(path), field="HEADER")
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        yield buf
 
 
 def _segment(buf, start: int, begin: int, end: int, path: str, field: str) -> tuple[int, int]:
@@ -852,24 +891,31 @@ def _mask_cols(arr: np.ndarray, layout: _Layout, out: np.ndarray | None = None) 
     return out
 
 
-def _decode_binary(fpath: Path, a: int, tot: int, layout: _Layout) -> np.ndarray:
+def _fromfile(buf: _FileBytes, dtype, count: int, offset: int) -> np.ndarray:
+    """``count`` items of ``dtype`` at byte ``offset`` of the open file, read straight
+    into the array (the floor for I/O); a short read is the file having shrunk."""
+    buf.file.seek(offset)
+    arr = np.fromfile(buf.file, dtype=dtype, count=count)
+    if arr.size < count:
+        buf.shrunk()
+    return arr
+
+
+def _decode_binary(buf: _FileBytes, a: int, tot: int, layout: _Layout) -> np.ndarray:
     kinds, widths, endian = layout.kinds, layout.widths or [], layout.endian
     npar = len(kinds)
     uniform = len(set(zip(kinds, widths, strict=True))) == 1
     kind, w = kinds[0], widths[0]
-    with open(fpath, "rb") as f:
-        if uniform and (kind in ("F", "D") or w in (1, 2, 4, 8)):
-            # One read straight from the file into the array: the floor for I/O.
-            code = {"F": "f4", "D": "f8"}.get(kind, f"u{w}")
-            dt = np.dtype(endian + code)
-            arr = np.fromfile(f, dtype=dt, count=tot * npar, offset=a).reshape(tot, npar)
-            if kind == "I":
-                return _mask_cols(arr, layout)
-            if not dt.isnative:
-                return arr.astype(dt.newbyteorder("="))
-            return arr
-        raw = np.fromfile(f, dtype=np.uint8, count=tot * layout.row_bytes, offset=a)
-    raw = raw.reshape(tot, layout.row_bytes)
+    if uniform and (kind in ("F", "D") or w in (1, 2, 4, 8)):
+        code = {"F": "f4", "D": "f8"}.get(kind, f"u{w}")
+        dt = np.dtype(endian + code)
+        arr = _fromfile(buf, dt, tot * npar, a).reshape(tot, npar)
+        if kind == "I":
+            return _mask_cols(arr, layout)
+        if not dt.isnative:
+            return arr.astype(dt.newbyteorder("="))
+        return arr
+    raw = _fromfile(buf, np.uint8, tot * layout.row_bytes, a).reshape(tot, layout.row_bytes)
     if uniform:  # integers of 3, 5, 6 or 7 bytes, e.g. 24-bit Cytek xP5 data
         return _mask_cols(_assemble_uint(raw.reshape(tot, npar, w), endian), layout)
     out = np.empty((tot, npar), dtype=_int_out_dtype(layout))
@@ -907,9 +953,8 @@ def _decode_ascii(buf, a: int, end: int, tot: int | None, layout: _Layout, path:
                     "ASCII DATA holds a value that is not a number", file=path, field="DATA"
                 )
             return np.array(tokens, dtype=np.bytes_).astype(np.float64).reshape(tot, npar)
-        # A copy, not a view of the map: a view would keep the map open on errors.
         nbytes = tot * layout.row_bytes
-        raw = np.frombuffer(bytes(buf[a : a + nbytes]), dtype=np.uint8).reshape(tot, -1)
+        raw = np.frombuffer(buf[a : a + nbytes], dtype=np.uint8).reshape(tot, -1)
         out = np.empty((tot, npar), dtype=np.float64)
         o = 0
         for j, w in enumerate(layout.widths):
@@ -924,7 +969,7 @@ def _decode_ascii(buf, a: int, end: int, tot: int | None, layout: _Layout, path:
         ) from None
 
 
-def _read_data(buf, path: str, ds: _DataSet, warnings: list[str], fpath: Path) -> np.ndarray:
+def _read_data(buf: _FileBytes, path: str, ds: _DataSet, warnings: list[str]) -> np.ndarray:
     text = ds.text
     npar = _int_kw(text, "$PAR", path)
     if not 1 <= npar <= _MAX_PAR:
@@ -952,7 +997,7 @@ def _read_data(buf, path: str, ds: _DataSet, warnings: list[str], fpath: Path) -
         return _decode_ascii(buf, a, ds.start + end + 1, tot, layout, path)
     if tot == 0:
         return np.empty((0, npar), dtype=_int_out_dtype(layout))
-    return _decode_binary(fpath, a, tot, layout)
+    return _decode_binary(buf, a, tot, layout)
 
 
 # ---------------------------------------------------------------------------
@@ -1006,7 +1051,7 @@ def read_fcs(path: str | os.PathLike, *, dataset: int = 0) -> FCSData:
                 start += nxt
         if nxt > 0:
             warnings.append(f"file holds more than one data set; data set {dataset} was read")
-        events = _read_data(buf, spath, ds, warnings, path)
+        events = _read_data(buf, spath, ds, warnings)
     text = ds.text
     npar = events.shape[1]
     channels = []
