@@ -14,11 +14,20 @@ from immuno.errors import (
     GatingError,
     GatingFileError,
     ImmunoError,
+    OutputError,
     PanelError,
     SampleSheetError,
 )
 
-SUBCLASSES = [FCSError, PanelError, GatingError, GatingFileError, ConfigError, SampleSheetError]
+SUBCLASSES = [
+    FCSError,
+    PanelError,
+    GatingError,
+    GatingFileError,
+    ConfigError,
+    SampleSheetError,
+    OutputError,
+]
 
 
 def test_str_names_sample_file_field_then_message_and_hint():

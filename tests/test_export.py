@@ -603,6 +603,57 @@ def test_anndata_export_refusals_leave_no_file(gated, tmp_path, templates_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["event.xml"]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MiB file system of its own (tmpfs) at ``tmp_path/disk``: mounting needs root,
+    which the CI container has; elsewhere the test says why it cannot run."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_anndata_export_on_a_full_disk_is_the_projects_error(gated, small_disk, templates_dir):
+    """HDF5 crashed the process (SIGSEGV, an empty log) when a write met a full disk; the
+    export stops first, with OutputError naming the output, and leaves no file behind."""
+    from immuno.autogate import load_template
+    from immuno.errors import OutputError
+    from immuno.export import export_anndata
+
+    samples, _ = gated
+    t = _repeat_samples(samples[samples.panel == "T"].reset_index(drop=True), 500)
+    out = small_disk / "T.h5ad"
+    with pytest.raises(OutputError) as err:
+        export_anndata(t, load_template(templates_dir / "t_cell.yaml"), out)
+    assert err.value.file == str(out)
+    assert "disk is full" in err.value.message
+    assert list(small_disk.iterdir()) == []
+
+
+def test_a_full_disk_under_any_atomic_writer_is_the_projects_error(tmp_path):
+    import errno
+
+    from immuno.errors import OutputError
+    from immuno.util import atomic_path
+
+    out = tmp_path / "counts.tsv"
+    with pytest.raises(OutputError) as err, atomic_path(out) as tmp:
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.file == str(out)
+    assert "disk is full" in err.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_anndata_is_imported_only_by_its_export():
     code = (
         "import sys, immuno.export, immuno.methods, immuno.cohort; "

@@ -15,6 +15,7 @@ __all__ = [
     "GatingFileError",
     "ConfigError",
     "SampleSheetError",
+    "OutputError",
 ]
 
 
@@ -98,3 +99,7 @@ class ConfigError(ImmunoError):
 
 class SampleSheetError(ImmunoError):
     """The sample sheet is invalid: missing columns, duplicate ids, missing files."""
+
+
+class OutputError(ImmunoError):
+    """An output cannot be written: the disk is full, or the folder is not writable."""

@@ -57,7 +57,7 @@ from .gate import (
 )
 from .gatingml import DATATYPE_NS, GATING_NS, TRANSFORMS_NS, load_gatingml
 from .transform import Asinh, FlowJoLog, Linear, Log, Logicle, Transform
-from .util import atomic_path
+from .util import atomic_path, ensure_free_space
 
 __all__ = [
     "FLOWJO_VERSION",
@@ -1168,6 +1168,7 @@ def export_anndata(
         }
         # The small elements as AnnData.write_h5ad writes them (string columns of .var
         # with repeated values become categoricals).
+        ensure_free_space(tmp, 0)  # the small elements and the closing flush: the reserve
         shell = ad.AnnData(var=var, uns=uns)
         shell.strings_to_categoricals()
         f.attrs["encoding-type"] = "anndata"
@@ -1245,6 +1246,8 @@ class _Rows:
 
     def _flush(self, n: int) -> None:
         buf = np.concatenate(self.pending)
+        # HDF5 crashes the process on a full disk: stop first, while the file can close.
+        ensure_free_space(self.ds.file.filename, buf[:n].nbytes)
         self.ds[self.at : self.at + n] = buf[:n]
         self.at += n
         self.pending = [buf[n:].copy()]

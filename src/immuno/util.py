@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -15,6 +16,7 @@ __all__ = [
     "TEXT_COLUMNS",
     "Progress",
     "atomic_path",
+    "ensure_free_space",
     "read_tsv",
     "special_file",
     "write_tsv",
@@ -47,6 +49,41 @@ TEXT_COLUMNS = (
 )
 
 
+#: OS errors that mean the output's disk or folder refuses the write (not the input).
+_NO_ROOM = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+#: Bytes left free by :func:`ensure_free_space` for what a writer adds when it closes.
+DISK_RESERVE = 16 << 20
+
+
+def _room_hint(path: Path) -> str:
+    return (
+        f"free space on the file system of {path.parent} (or write the results elsewhere) "
+        "and run again"
+    )
+
+
+def ensure_free_space(path: str | os.PathLike, nbytes: int, *, reserve: int = DISK_RESERVE) -> None:
+    """Raise :class:`~immuno.errors.OutputError` unless the file system of ``path``
+    has ``nbytes`` + ``reserve`` bytes free for an unprivileged writer.
+
+    For writers that cannot fail cleanly on a full disk (HDF5 crashes the process with
+    SIGSEGV when a write or its closing flush meets ENOSPC): they ask before each
+    block, and stop with the project's error while the file can still be closed.
+    """
+    from .errors import OutputError
+
+    path = Path(path)
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes + reserve:
+        raise OutputError(
+            f"the disk is full: {free / 2**20:.1f} MiB free, {(nbytes + reserve) / 2**20:.1f} MiB "
+            "needed to go on writing",
+            file=str(path),
+            hint=_room_hint(path),
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -55,11 +92,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary file is removed), so a rerun never mistakes a partial table for
     a finished one. A writer killed outright (SIGKILL, a crash on a full disk) cannot
     remove its temporary file: the next successful write of ``path`` removes such
-    leftovers (``.<name>.*.tmp`` beside it).
+    leftovers (``.<name>.*.tmp`` beside it). A full disk or quota (``ENOSPC``,
+    ``EDQUOT``) is :class:`~immuno.errors.OutputError` naming ``path``.
     """
+    from .errors import OutputError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in _NO_ROOM:
+            raise OutputError(_NO_ROOM[exc.errno], file=str(path), hint=_room_hint(path)) from None
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
@@ -71,6 +116,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
+    except OutputError as exc:  # e.g. ensure_free_space on the temporary file
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.file == str(tmp):
+            exc.file = str(path)
+            exc.args = (str(exc),)
+        raise
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.errno in _NO_ROOM:
+            raise OutputError(_NO_ROOM[exc.errno], file=str(path), hint=_room_hint(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
