@@ -291,3 +291,34 @@ def test_a_sample_name_two_samples_share_is_refused(shared_data, tmp_path):
     assert "2 samples of the workspace are called" in str(err.value)
     assert "(id 1)" in err.value.hint and "(id 2)" in err.value.hint
     assert load_flowjo(twice, "2").gates  # by its id, one of them
+
+
+def test_a_workspace_of_100000_flat_populations_is_refused_at_once(shared_data, tmp_path):
+    """The population ids (each one's shortest unique path tail) were found by comparing
+    every population with every other: 100,000 flat populations took hours. Now a workspace
+    beyond MAX_POPULATIONS is refused, and one at the limit loads in linear time."""
+    from immuno.gatingml import MAX_POPULATIONS
+
+    src = shared_data / FK / "data" / "simple_diamond_example" / "test_data_diamond_biex_rect.wsp"
+    text = src.read_text()
+    start = text.index("<Population ")
+    end = text.index("</Population>", start) + len("</Population>")
+    pop = text[start:end]
+    flat = tmp_path / "flat.wsp"
+    flat.write_text(
+        text[:start] + "".join(f'<Population name="p{k}"/>' for k in range(100_000)) + text[end:]
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(GatingFileError) as err:
+        load_flowjo(flat, "test_data_diamond_01.fcs")
+    assert time.perf_counter() - t0 < 5.0
+    assert "100,000 populations" in err.value.message and err.value.file == str(flat)
+    # At the limit: as many copies of a real gated population.
+    one = pop.replace('name="', 'name="x', 1)
+    many = "".join(one.replace('name="x', f'name="q{k}', 1) for k in range(MAX_POPULATIONS))
+    full = tmp_path / "full.wsp"
+    full.write_text(text[:start] + many + text[end:])
+    t0 = time.perf_counter()
+    strategy = load_flowjo(full, "test_data_diamond_01.fcs")
+    assert len(strategy.gates) == MAX_POPULATIONS
+    assert time.perf_counter() - t0 < 5.0

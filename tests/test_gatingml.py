@@ -555,3 +555,27 @@ def test_a_fifo_as_a_gating_file_is_refused_without_waiting(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(GatingFileError, match="not a regular file"):
         load_gatingml(fifo)
+
+
+def test_a_gatingml_file_of_too_many_populations_is_refused(tmp_path):
+    from immuno.gatingml import MAX_POPULATIONS
+
+    gate = (
+        '<gating:RectangleGate gating:id="g{k}"><gating:dimension gating:min="{k}">'
+        '<data-type:fcs-dimension data-type:name="FSC-A"/></gating:dimension>'
+        "</gating:RectangleGate>"
+    )
+    path = tmp_path / "many.xml"
+    path.write_text(
+        '<?xml version="1.0"?><gating:Gating-ML '
+        'xmlns:gating="http://www.isac-net.org/std/Gating-ML/v2.0/gating" '
+        'xmlns:data-type="http://www.isac-net.org/std/Gating-ML/v2.0/datatypes">'
+        + "".join(gate.format(k=k) for k in range(10 * MAX_POPULATIONS))
+        + "</gating:Gating-ML>"
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(GatingFileError) as err:
+        load_gatingml(path)
+    assert time.perf_counter() - t0 < 5.0
+    assert f"{10 * MAX_POPULATIONS:,} populations" in err.value.message
+    assert err.value.file == str(path)

@@ -53,7 +53,7 @@ from .gate import (
     PolygonGate,
     RectangleGate,
 )
-from .gatingml import parse_xml
+from .gatingml import check_population_count, parse_xml
 from .transform import Asinh, FlowJoBiex, FlowJoLog, Linear, Logicle, Transform
 
 __all__ = ["load_flowjo", "workspace_samples", "population_paths"]
@@ -261,12 +261,16 @@ def _walk(el: ET.Element, prefix: tuple[str, ...], out: list[_Node]) -> None:
 
 
 def _ids(paths: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
-    """Shortest unique path tail for every population (its name when unique)."""
+    """Shortest unique path tail for every population (its name when unique): one count
+    of every tail, so the work grows with the populations times their depth."""
+    from collections import Counter
+
+    counts = Counter(p[-k:] for p in paths for k in range(1, len(p) + 1))
     out = {}
     for p in paths:
         for k in range(1, len(p) + 1):
             tail = p[-k:]
-            if sum(1 for q in paths if q[-k:] == tail) == 1 or k == len(p):
+            if counts[tail] == 1 or k == len(p):
                 out[p] = "/".join(tail)
                 break
     return out
@@ -334,6 +338,7 @@ def load_flowjo(path: str | os.PathLike, sample: str | None = None) -> GatingStr
 
     nodes: list[_Node] = []
     _walk(_kid(sel, "SampleNode"), (), nodes)
+    check_population_count(len(nodes), w.path, "FlowJo workspace", sname)
     ids = _ids([n.path for n in nodes])
     by_path = {n.path: n for n in nodes}
     for node in nodes:

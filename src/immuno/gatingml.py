@@ -125,6 +125,22 @@ def parse_xml(path: str | os.PathLike, *, kind: str = "Gating-ML") -> ET.Element
 
 #: Deepest element nesting a gating file may have (FlowJo nests one level per gate).
 MAX_XML_DEPTH = 400
+#: Most populations one sample's gating file may define. Real gatings hold tens to a few
+#: hundred; applied, each population is a mask of the sample's events (a million events:
+#: 1 MB each), so a file of 100,000 would exhaust memory long before it finished.
+MAX_POPULATIONS = 2000
+
+
+def check_population_count(n: int, path: str, kind: str, sample: str | None = None) -> None:
+    """Refuse a gating file of more than :data:`MAX_POPULATIONS` populations."""
+    if n > MAX_POPULATIONS:
+        raise GatingFileError(
+            f"the {kind} file defines {n:,} populations, more than the {MAX_POPULATIONS:,} "
+            "one sample's gating may have",
+            file=path,
+            sample=sample,
+            hint="a real gating holds at most a few hundred populations; export it again",
+        )
 
 
 def _check_depth(root: ET.Element, path: str, kind: str) -> None:
@@ -360,6 +376,8 @@ def load_gatingml(path: str | os.PathLike) -> GatingStrategy:
     strategy.require_spillover = False
     pending: list[tuple[str, str | None, Gate]] = []  # (xml id, parent xml id, gate)
     names: dict[str, str] = {}  # xml id -> population name
+    gates = ("RectangleGate", "PolygonGate", "EllipsoidGate", "BooleanGate", "QuadrantGate")
+    check_population_count(sum(_local(el.tag) in gates for el in root), path, "Gating-ML")
     for el in root:
         kind = _local(el.tag)
         if kind == "transformation":
@@ -384,6 +402,7 @@ def load_gatingml(path: str | os.PathLike) -> GatingStrategy:
             for qid, gate in _parse_quadrants(p, el):
                 names[qid] = gate.id
                 pending.append((qid, parent, gate))
+    check_population_count(len(pending), path, "Gating-ML")  # with every quadrant
     _check_references(p, strategy, pending)
     _assemble(p, strategy, pending, names)
     return strategy
