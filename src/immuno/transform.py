@@ -255,7 +255,20 @@ def _check_finite(kind: str, **values: float) -> None:
         _invalid(kind, ", ".join(f"{k}={v}" for k, v in bad.items()), "parameters must be finite")
 
 
+def _check_scale(kind: str, values: str, *coefficients: float) -> None:
+    """Refuse parameters whose scale overflows: each coefficient must be finite (e.g. a
+    logicle of M = 1e308 decades has e^(M ln 10) = inf, and no value maps anywhere)."""
+    if not all(math.isfinite(c) for c in coefficients):
+        _invalid(
+            kind,
+            values,
+            "they give no finite scale (too many decades or too wide a range for 64-bit "
+            "floats); real displays span 2-10 decades",
+        )
+
+
 def _check_tWMA(kind: str, T: float, W: float, M: float, A: float) -> None:
+    _check_finite(kind, T=T, W=W, M=M, A=A)
     if not (T > 0 and M > 0 and W >= 0 and 2 * W <= M and -W <= A <= M - 2 * W):
         from .errors import ConfigError
 
@@ -373,6 +386,9 @@ class Logicle(_MirroredAtX1):
         mf_a = math.exp(b * x1) - c_a / math.exp(d * x1)
         a = self.T / ((math.exp(b) - mf_a) - c_a / math.exp(d))
         self._a, self._b, self._c, self._d, self._f = a, b, c_a * a, d, -mf_a * a
+        _check_scale("logicle", f"T={T}, W={W}, M={M}, A={A}", a, b, c_a * a, d, -mf_a * a)
+        if not a > 0:
+            _check_scale("logicle", f"T={T}, W={W}, M={M}, A={A}", math.nan)
         self._x1 = x1
         self._w = w
 
@@ -491,6 +507,7 @@ class Hyperlog(_MirroredAtX1):
         f_a = math.exp(b * x1) + c_a * x1
         a = self.T / (math.exp(b) + c_a - f_a)
         self._a, self._b, self._c, self._f, self._x1 = a, b, c_a * a, f_a * a, x1
+        _check_scale("hyperlog", f"T={T}, W={W}, M={M}, A={A}", a, b, c_a * a, f_a * a)
 
     def _eh(self, y: np.ndarray) -> np.ndarray:
         return self._a * np.exp(self._b * y) + self._c * y - self._f
@@ -763,9 +780,17 @@ class FlowJoBiex(Transform):
     ):
         self.neg, self.width, self.pos = float(neg), float(width), float(pos)
         self.max_value, self.id = float(max_value), id
-        self._values, self._chan = _flowjo_biex_table(
-            self.neg, self.width, self.pos, self.max_value, self.channels
-        )
+        values = f"neg={neg}, width={width}, pos={pos}, maxRange={max_value}"
+        _check_finite("flowjo_biex", neg=self.neg, width=self.width, pos=self.pos)
+        _check_finite("flowjo_biex", maxRange=self.max_value)
+        if not (self.pos > 0 and self.max_value > 0):
+            _invalid("flowjo_biex", values, "need pos > 0 and maxRange > 0")
+        with np.errstate(all="ignore"):
+            self._values, self._chan = _flowjo_biex_table(
+                self.neg, self.width, self.pos, self.max_value, self.channels
+            )
+        if not (np.isfinite(self._values).all() and (np.diff(self._values) > 0).all()):
+            _check_scale("flowjo_biex", values, math.nan)
 
     def apply(self, x):
         x = np.asarray(x, dtype=np.float64)
