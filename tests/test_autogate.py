@@ -258,8 +258,8 @@ populations:
         ),
         (
             "  - {name: a, dims: [CD3], method: mindensity, params: {select: x}}",
-            "a.params.select",
-            "select",
+            "populations.a.params.select",
+            "x",
         ),
     ],
 )

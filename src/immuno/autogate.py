@@ -51,7 +51,7 @@ from .gate import (
     ellipse_problem,
 )
 from .panel import Panel
-from .util import special_file
+from .util import file_problem, special_file
 
 __all__ = [
     "Template",
@@ -436,7 +436,11 @@ def _sides(spec: PopulationSpec) -> list[str]:
     sel = spec.params.get("select", ["+"] * len(spec.dims))
     if isinstance(sel, str):
         sel = [sel]
-    if len(sel) != len(spec.dims) or any(s not in ("+", "-") for s in sel):
+    if (
+        not isinstance(sel, list | tuple)
+        or len(sel) != len(spec.dims)
+        or any(s not in ("+", "-") for s in sel)
+    ):
         raise GatingFileError(
             f"population {spec.name!r}: 'select' needs one of '+'/'-' per dimension",
             file=spec.source,
@@ -513,8 +517,8 @@ class ThresholdMethod(Method):
             if k != "select"
         }
         rng = p.get("range")
-        if isinstance(rng, dict) and dim in rng:
-            out["range"] = rng[dim]
+        if isinstance(rng, dict) and "quantile" not in rng:  # per dimension; absent: anywhere
+            out["range"] = rng.get(dim)
         return out
 
     def realise(self, params, dims):
@@ -1185,7 +1189,10 @@ def _template_yaml(raw: bytes, src: str):
             file=src,
             hint="see gates/README.md",
         )
-    loader = yaml.SafeLoader(raw)
+    try:
+        loader = yaml.SafeLoader(raw)  # reads the stream's start: control characters fail here
+    except yaml.YAMLError as exc:
+        raise GatingFileError(f"not valid YAML: {exc}", file=src) from None
     try:
         try:
             root = loader.get_single_node()
@@ -1487,8 +1494,9 @@ def load_gating(path: str | Path, *, name: str | None = None) -> Template | Stat
     if suffix in (".yaml", ".yml"):
         return load_template(path)
     if suffix in (".xml", ".wsp"):
-        if not path.is_file():
-            raise GatingFileError("gating file does not exist", file=str(path))
+        problem = file_problem(path)
+        if problem:
+            raise GatingFileError(f"gating file {problem}", file=str(path), hint="check the path")
         return StaticGating(
             name=name or path.stem,
             source=str(path),

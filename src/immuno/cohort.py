@@ -24,7 +24,7 @@ import pandas as pd
 
 from .corrections import CORRECTION_COLUMNS
 from .errors import ConfigError, FCSError, ImmunoError, SampleSheetError
-from .util import special_file, write_tsv
+from .util import file_problem, special_file, write_tsv
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -204,11 +204,13 @@ def load_sample_sheet(
     base = path.parent
     df["fcs_path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["fcs_path"]]
     if check_files:
-        missing = df.index[[not Path(p).is_file() for p in df["fcs_path"]]]
-        if len(missing) == len(df):
+        problems = {i: file_problem(p) for i, p in zip(df.index, df["fcs_path"], strict=True)}
+        missing = [i for i, why in problems.items() if why]
+        if missing and len(missing) == len(df):
             row = df.loc[missing[0]]
             raise SampleSheetError(
-                f"none of the {len(df)} FCS files exist (first: {row['fcs_path']})",
+                f"none of the {len(df)} FCS files can be read (first: {row['fcs_path']} "
+                f"{problems[missing[0]]})",
                 file=src,
                 sample=row["sample_id"],
                 field="fcs_path",
@@ -216,9 +218,10 @@ def load_sample_sheet(
             )
         for i in missing:
             log.warning(
-                "sample %s: FCS file %s does not exist; it will be reported as failed",
+                "sample %s: FCS file %s %s; it will be reported as failed",
                 df.loc[i, "sample_id"],
                 df.loc[i, "fcs_path"],
+                problems[i],
             )
     return df
 
@@ -303,9 +306,10 @@ def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
         }
         try:
             fcs_path = s["fcs_path"]
-            if not Path(fcs_path).is_file():
+            problem = file_problem(fcs_path)
+            if problem:
                 raise FCSError(
-                    "FCS file does not exist",
+                    f"FCS file {problem}",
                     file=fcs_path,
                     field="fcs_path",
                     hint="fcs_path in the sample sheet is relative to the sheet's folder",

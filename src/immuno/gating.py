@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import GatingError, GatingFileError
 from .gate import GatingResult
 from .gatingml import load_gatingml
-from .util import atomic_path
+from .util import atomic_path, file_problem
 
 __all__ = ["apply_gates_to_file", "write_gating_result"]
 
@@ -113,8 +113,9 @@ def apply_gates_to_file(
             file=str(gpath),
             hint="use a Gating-ML 2.0 .xml, a FlowJo .wsp or a template .yaml",
         )
-    if not gpath.is_file():
-        raise GatingFileError("gating file does not exist", file=str(gpath))
+    problem = file_problem(gpath)
+    if problem:
+        raise GatingFileError(f"gating file {problem}", file=str(gpath), hint="check the path")
     sid = sample_id or fpath.stem
     data = read_fcs(fpath)
     flags: dict[str, str] = {}

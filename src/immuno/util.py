@@ -18,6 +18,7 @@ __all__ = [
     "atomic_path",
     "ensure_free_space",
     "read_tsv",
+    "file_problem",
     "special_file",
     "write_tsv",
     "sha256_file",
@@ -187,6 +188,23 @@ def special_file(path: str | os.PathLike) -> str | None:
         if test(mode):
             return name
     return "not a regular file"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a readable regular file (``"does not exist"``, ``"is a named pipe
+    (FIFO), not a regular file"``, ``"cannot be looked at: File name too long"``...), or
+    ``None`` when it is one. Never raises: for messages that name the file and say why."""
+    try:
+        kind = special_file(path)
+    except OSError as exc:  # a symlink loop, a name too long, an I/O error
+        return f"cannot be looked at: {exc.strerror or exc}"
+    if kind is not None:
+        return f"is {kind}, not a regular file"
+    if not os.path.lexists(path):
+        return "does not exist"
+    if not os.path.exists(path):
+        return "is a broken symbolic link"
+    return None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
