@@ -500,3 +500,40 @@ def test_time_gate_without_a_second_channel_keeps_one_range_and_says_what_it_rem
     assert g.params_["removed"] == pytest.approx(1 - kept.mean())
     assert "time_single_range(no_scatter_channel)" in g.notes_
     assert g.review_ and g.review_[0].startswith("time_removed")
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ("{select: 3}", "populations.a.params.select"),
+        ("{select: null}", "populations.a.params.select"),
+        ("{range: {a: 1}}", "populations.a.params.range.a"),
+        ("{range: {}}", "populations.a.params.range"),
+    ],
+)
+def test_template_params_of_the_wrong_type_are_the_projects_error(tmp_path, params, field):
+    """Found by the hostile suite: TypeError (len of a number) and KeyError ('quantile')."""
+    pops = f"  - {{name: a, dims: [CD3], method: mindensity, params: {params}}}"
+    with pytest.raises(GatingFileError) as err:
+        load_template(_write(tmp_path, BASE + pops))
+    assert err.value.field == field and err.value.file.endswith("t.yaml")
+
+
+def test_a_template_with_control_characters_is_the_projects_error(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"name: X\n\x00\n")  # yaml's reader refused it with a bare ReaderError
+    with pytest.raises(GatingFileError, match="not valid YAML") as err:
+        load_template(path)
+    assert err.value.file == str(path)
+
+
+def test_a_per_dimension_range_applies_to_its_dimension_only():
+    from immuno.autogate import PopulationSpec, TailCut
+
+    spec = PopulationSpec(
+        name="a", parent="root", dims=["CD3", "CD4"], method="tailcut",
+        params={"range": {"CD3": [0.1, 0.9]}},
+    )  # fmt: skip
+    method = TailCut(spec)
+    assert method._dim_params("CD3")["range"] == [0.1, 0.9]
+    assert method._dim_params("CD4")["range"] is None

@@ -725,3 +725,19 @@ def test_progress_lines_are_spaced_in_time_and_end_at_the_total(capsys):
     p = Progress("gating T", 5, every=3600)
     assert list(p.wrap(range(5))) == [0, 1, 2, 3, 4]
     assert capsys.readouterr().err.splitlines() == ["gating T: 1/5 (20%)", "gating T: 5/5 (100%)"]
+
+
+def test_an_fcs_path_too_long_to_look_at_is_reported_not_raised(tmp_path, caplog):
+    """Path.is_file raised a bare OSError (ENAMETOOLONG) out of load_sample_sheet."""
+    good = tmp_path / "a.fcs"
+    good.write_bytes(b"FCS3.1")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(
+        "sample_id\tpatient_id\tdose_group\tvisit_month\tpanel\tfcs_path\n"
+        f"S1\tP1\t30mg\t0\tT\t{good}\n"
+        f"S2\tP1\t30mg\t4.5\tT\t{tmp_path}/{'x' * 300}.fcs\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        df = load_sample_sheet(sheet, ["T"])
+    assert list(df["sample_id"]) == ["S1", "S2"]
+    assert "S2" in caplog.text and "File name too long" in caplog.text

@@ -579,3 +579,14 @@ def test_a_gatingml_file_of_too_many_populations_is_refused(tmp_path):
     assert time.perf_counter() - t0 < 5.0
     assert f"{10 * MAX_POPULATIONS:,} populations" in err.value.message
     assert err.value.file == str(path)
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".wsp", ".yaml"])
+def test_a_gating_file_name_too_long_is_the_projects_error(tmp_path, shared_data, suffix):
+    from immuno.gating import apply_gates_to_file
+
+    gates = tmp_path / ("x" * 300 + suffix)
+    fcs = shared_data / GML / "FCSFiles" / "data1.fcs"
+    with pytest.raises(GatingFileError) as err:
+        apply_gates_to_file(gates, fcs, out=tmp_path / "out")
+    assert "File name too long" in err.value.message and err.value.file == str(gates)

@@ -302,3 +302,21 @@ def test_a_template_with_a_degenerate_transform_names_it(tmp_path):
         load_template(p)
     assert err.value.field == "panel.transforms.lin"
     assert err.value.file == str(p)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Logicle(T=262144, W=0.5, M=1e308, A=0),
+        lambda: Logicle(T=float("inf"), W=0.5, M=4.5, A=0),
+        lambda: Hyperlog(T=262144, W=0.5, M=1e308, A=0),
+        lambda: FlowJoBiex(neg=0, width=-10, pos=float("nan"), max_value=262144),
+        lambda: FlowJoBiex(neg=0, width=-10, pos=1e308, max_value=262144),
+    ],
+)
+def test_parameters_whose_scale_overflows_are_refused(make):
+    """A logicle of M = 1e308 decades built a table of NaN, found as an IndexError deep in
+    the gating (the hostile suite's Gating-ML case)."""
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert err.value.field == "transform"
