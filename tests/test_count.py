@@ -210,3 +210,22 @@ def test_descendants():
     assert descendants(parents, "cells") == {p for p, _ in TREE}
     # order of the map does not matter
     assert descendants(dict(reversed(TREE)), "lymphocytes") == {"lymphocytes", "cd3", "cd4", "cd8"}
+
+
+def test_percentages_and_absolute_counts_have_four_decimals(tmp_path):
+    """counts.tsv mixed 89.46 and 81.78866587957496: every percentage and absolute count is
+    rounded to DECIMALS places, in memory as in the file read back."""
+    from immuno.count import DECIMALS
+    from immuno.util import read_tsv, write_tsv
+
+    counts = {"cells": 3000, "lymphocytes": 2999, "cd3": 1000, "cd4": 333, "cd8": 77}
+    table = cohort_table(_gating("S1", counts), _sheet([("S1", "P1", "30mg", 0.0, "T", 1.2345)]))
+    write_tsv(table, tmp_path / "counts.tsv")
+    cols = ("percent_of_parent", "percent_of_lymphocytes", "absolute_count")
+    back = read_tsv(tmp_path / "counts.tsv", na_values=dict.fromkeys(cols, [""]))
+    for col in cols:
+        values = back[col].dropna().to_numpy()
+        assert len(values) and np.array_equal(values, np.round(values, DECIMALS)), col
+        assert np.array_equal(values, table[col].dropna().to_numpy()), col
+    cd4 = back.set_index("population").loc["cd4"]
+    assert cd4["percent_of_parent"] == 33.3 and cd4["percent_of_lymphocytes"] == 11.1037
