@@ -147,3 +147,27 @@ def test_a_correction_reruns_pass_2_of_its_patient_only(study):
     counts = pd.read_csv(work / "results" / "counts.tsv", sep="\t", dtype={"sample_id": str})
     row = counts[(counts["sample_id"] == sample["sample_id"]) & (counts["population"] == "cd3")]
     assert row["qc_flag"].str.contains("excluded").all()
+
+
+def test_outputs_of_an_earlier_configuration_or_sheet_do_not_survive(study):
+    """A study run in the folder of another kept that study's panels' exports and gating;
+    a patient taken off the sheet kept its batches. After a successful run they are gone,
+    and the console says so; what this sheet makes stays."""
+    work, sheet, patients, _ = study
+    results = work / "results"
+    (results / "exports").mkdir(exist_ok=True)
+    (results / "exports" / "OLD.h5ad").write_text("an earlier study's export")
+    (results / "gating" / "fit" / "OLD" / "P99").mkdir(parents=True)
+    (results / "gating" / "pool" / "OLD.json").write_text("{}")
+    sheet[sheet["patient_id"] != patients[5]].to_csv(work / "study.tsv", sep="\t", index=False)
+    out = _run(work)
+    assert "output(s) of an earlier configuration or sheet" in out
+    assert not (results / "exports" / "OLD.h5ad").exists()
+    assert not (results / "gating" / "fit" / "OLD").exists()
+    assert not (results / "gating" / "pool" / "OLD.json").exists()
+    for panel in ("T", "B"):
+        assert not (results / "gating" / "fit" / panel / patients[5]).exists()
+        assert (results / "gating" / "fit" / panel / patients[4]).is_dir()
+    counts = pd.read_csv(results / "counts.tsv", sep="\t", dtype={"sample_id": str})
+    assert patients[5] not in set(counts["patient_id"].astype(str))
+    assert "of an earlier configuration or sheet" not in _run(work)  # nothing more

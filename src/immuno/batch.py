@@ -44,6 +44,8 @@ __all__ = [
     "finish_batch",
     "gather_gating",
     "gather_review",
+    "stale_outputs",
+    "remove_stale",
 ]
 
 log = logging.getLogger(__name__)
@@ -415,3 +417,59 @@ def gather_review(
             "%d gated samples without a review figure: %s", len(missing), ", ".join(missing)
         )
     return missing
+
+
+def stale_outputs(
+    results: str | Path,
+    panels: Iterable[str],
+    batches: Iterable[tuple[str, str]],
+    *,
+    gated_fcs: bool = True,
+) -> list[Path]:
+    """What an earlier configuration or sheet left in ``results`` that this one does not
+    make: the AnnData export of a panel no longer configured, the gated-FCS export when it
+    is no longer asked for, and the gating folders (fit, finish, pool) of panels and of
+    batches (patients) no longer in the sheet. ``batches``: the ``(panel, batch)`` pairs
+    of the sheet (:func:`batch_key`). Nothing else under ``results`` is looked at."""
+    results = Path(results)
+    panels, batches = set(panels), set(batches)
+    stale: list[Path] = []
+    exports = results / "exports"
+    if exports.is_dir():
+        stale += [p for p in sorted(exports.glob("*.h5ad")) if p.stem not in panels]
+        if not gated_fcs and (exports / "gated_fcs").is_dir():
+            stale.append(exports / "gated_fcs")
+    for step in ("fit", "final"):
+        for panel_dir in sorted((results / "gating" / step).glob("*")):
+            if not panel_dir.is_dir():
+                continue
+            if panel_dir.name not in panels:
+                stale.append(panel_dir)
+                continue
+            stale += [
+                d for d in sorted(panel_dir.iterdir()) if (panel_dir.name, d.name) not in batches
+            ]
+    pool = results / "gating" / "pool"
+    for p in sorted(pool.glob("*")):
+        name = p.name.removesuffix(".json")
+        if name not in panels:
+            stale.append(p)
+        elif p.is_dir():
+            stale += [d for d in sorted(p.glob("*.digest")) if (name, d.stem) not in batches]
+    return stale
+
+
+def remove_stale(paths: Iterable[Path]) -> list[Path]:
+    """Remove ``paths`` (files and folders); the ones removed, logged."""
+    removed = []
+    for p in paths:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+        log.info("removed %s: no longer made by this configuration and sheet", p)
+    return removed

@@ -330,7 +330,10 @@ def get_final_outputs():
 
 
 def _summary(ok):
-    """The run in a few lines at its end (Snakefile: onsuccess, onerror)."""
+    """The run in a few lines at its end (Snakefile: onsuccess, onerror). After a
+    successful run, the outputs of an earlier configuration or sheet are removed, so that
+    results/ holds this study's only (immuno.batch.stale_outputs)."""
+    from immuno.batch import remove_stale, stale_outputs
     from immuno.cohort import run_summary
 
     head = (
@@ -338,4 +341,20 @@ def _summary(ok):
         if ok
         else "immuno: stopped (a job failed; see its log above)"
     )
+    if ok:
+        removed = remove_stale(
+            stale_outputs(
+                "results",
+                config["panels"],
+                _batches(),
+                gated_fcs=bool(config["export"]["population"]),
+            )
+        )
+        if removed:
+            shown = ", ".join(str(p) for p in removed[:5])
+            more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+            head += (
+                f"\nremoved {len(removed)} output(s) of an earlier configuration or sheet: "
+                f"{shown}{more}"
+            )
     logger.info(f"{head}\n{run_summary('results')}")
