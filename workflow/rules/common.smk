@@ -107,8 +107,8 @@ _study_populations()
 
 
 def _warn_other_study():
-    """results/ of another study (another sample sheet or panels) would keep the outputs
-    this one does not make (a panel's AnnData, say): say so before anything runs."""
+    """results/ of another study (another sample sheet or panels): say so before anything
+    runs; the outputs this one does not make go after a successful run (_summary)."""
     import json
 
     record = Path("results/provenance.json")
@@ -126,8 +126,8 @@ def _warn_other_study():
         logger.warning(
             f"results/ holds the outputs of another study (sheet {old.get('samples')}, "
             f"panels {', '.join(old.get('panels') or {})}): the outputs this study does not "
-            "make stay there beside its own. Run each study in its own folder "
-            "(snakemake -s .../Snakefile --configfile study.yaml), or remove results/ first."
+            "make are removed when it has run. Run each study in its own folder "
+            "(snakemake -s .../Snakefile --configfile study.yaml) to keep both."
         )
 
 
