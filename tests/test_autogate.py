@@ -537,3 +537,102 @@ def test_a_per_dimension_range_applies_to_its_dimension_only():
     method = TailCut(spec)
     assert method._dim_params("CD3")["range"] == [0.1, 0.9]
     assert method._dim_params("CD4")["range"] is None
+
+
+def _without_channel(src: Path, channel: str, dst: Path) -> Path:
+    """``src`` written again without ``channel`` (its spillover kept for the others)."""
+    from immuno.read import read_fcs
+    from immuno.write import write_fcs
+
+    fcs = read_fcs(src)
+    keep = [j for j, c in enumerate(fcs.channels) if c != channel]
+    spill = fcs.spillover()
+    text = {k: v for k, v in fcs.text.items() if k in ("$TIMESTEP", "$CYT")}
+    return write_fcs(
+        dst,
+        fcs.events[:, keep],
+        [fcs.channels[j] for j in keep],
+        [fcs.markers[j] for j in keep],
+        text=text,
+        spillover=spill,
+    )
+
+
+def _optional_singlets(templates_dir: Path, tmp_path: Path) -> Path:
+    text = (templates_dir / "t_cell.yaml").read_text()
+    marked = text.replace("    method: singlets\n", "    method: singlets\n    optional: true\n", 1)
+    assert marked != text
+    path = tmp_path / "t_optional.yaml"
+    path.write_text(marked)
+    return path
+
+
+def test_an_optional_gate_is_skipped_with_a_note_where_a_file_lacks_its_channel(
+    demo_cohort, templates_dir, tmp_path
+):
+    """A file without FSC-H made the user delete the singlets gate and re-parent its
+    children; marked optional, it is skipped in that file only, its children hang from
+    its parent, and the note says so. A required gate's missing channel stays an error."""
+    from immuno.errors import PanelError
+    from immuno.read import read_fcs
+
+    src = next((demo_cohort / "fcs").glob("*_T.fcs"))
+    lacking = _without_channel(src, "FSC-H", tmp_path / "no_fsch.fcs")
+    template = load_template(_optional_singlets(templates_dir, tmp_path))
+    assert template.optional_names() == {"FSC-H"}
+
+    res = gate_one(read_fcs(lacking), template, sample_id="no_fsch")
+    assert "singlets" not in res.strategy.gates and "singlets" not in res.fits
+    assert res.strategy.gates["live"].parent == "cells"
+    assert res.parents["live"] == "cells"
+    table = res.table.set_index("population")
+    assert "optional_skipped(singlets:no FSC-H)" in ";".join(table["qc_note"])
+    assert table.loc["live", "parent"] == "cells"
+    assert table.loc["cd4", "count"] > 0 and not res.flag("cd4").startswith("fail")
+
+    whole = gate_one(read_fcs(src), template, sample_id="whole")
+    assert "singlets" in whole.strategy.gates
+    assert whole.strategy.gates["live"].parent == "singlets"
+
+    with pytest.raises(PanelError, match="FSC-H"):
+        gate_one(read_fcs(lacking), load_template(templates_dir / "t_cell.yaml"), sample_id="x")
+
+
+def test_a_cohort_where_some_files_lack_an_optional_channel_pools_and_exports(
+    demo_cohort, templates_dir, tmp_path
+):
+    """Pooling (borrowing, outliers) and the AnnData export take a cohort in which the
+    optional gate exists in some files only; the export's column of the missing channel
+    is NaN for the files that lack it."""
+    import anndata as ad
+    import pandas as pd
+
+    from immuno.autogate import SampleInput, gate_samples
+    from immuno.cohort import load_sample_sheet
+    from immuno.export import export_anndata, gated_samples
+    from immuno.gatingml import write_gatingml
+
+    template = load_template(_optional_singlets(templates_dir, tmp_path))
+    sheet = load_sample_sheet(demo_cohort / "samples.tsv", ["T", "B"])
+    rows = sheet[(sheet["panel"] == "T")].head(6).copy()
+    lacking = rows.index[:2]
+    for i in lacking:
+        rows.loc[i, "fcs_path"] = str(
+            _without_channel(Path(rows.loc[i, "fcs_path"]), "FSC-H", tmp_path / f"{i}.fcs")
+        )
+    inputs = [
+        SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month) for r in rows.itertuples()
+    ]
+    results = gate_samples(inputs, template, workers=1)
+    assert all(r.error is None for r in results)
+    skipped = {r.sample_id for r in results if "singlets" not in r.fits}
+    assert skipped == set(rows.loc[lacking, "sample_id"])
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for r in results:
+        write_gatingml(r.strategy, gates / f"{r.sample_id}.xml")
+    out = export_anndata(gated_samples(rows, gates), template, tmp_path / "T.h5ad")
+    adata = ad.read_h5ad(out)
+    fsch = pd.Series(adata[:, "FSC-H"].X.ravel(), index=adata.obs["sample_id"].astype(str))
+    for sid in rows["sample_id"]:
+        assert fsch[sid].isna().all() == (sid in skipped), sid

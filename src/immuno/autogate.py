@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from pathlib import Path
 
 import numpy as np
@@ -1128,6 +1129,9 @@ class PopulationSpec:
     default: dict | None = None
     description: str = ""
     source: str | None = None
+    #: Skipped, with a note, in a file that lacks one of its dimensions (its children
+    #: then hang from its parent); a required population's missing channel is an error.
+    optional: bool = False
 
     def estimator(self) -> Method:
         return METHODS[self.method](self)
@@ -1149,6 +1153,16 @@ class Template:
             if p.name == name:
                 return p
         raise GatingFileError(f"no population {name!r}", file=self.source, field=name)
+
+    def optional_names(self) -> frozenset[str]:
+        """Markers and channels only optional populations use: a file may lack them."""
+        needed = {d for p in self.populations if not p.optional for d in p.dims}
+        return frozenset(d for p in self.populations if p.optional for d in p.dims) - needed
+
+    def resolve(self, fcs, *, sample: str | None = None) -> dict[str, str]:
+        """The panel's names mapped to ``fcs``'s channels (:meth:`Panel.resolve`); the
+        names of :meth:`optional_names` the file lacks are left out."""
+        return self.panel.resolve(fcs, sample=sample, optional=self.optional_names())
 
     def dimension(self, marker: str, channel: str, space: str) -> Dimension:
         m = self.panel.marker(marker)
@@ -1393,6 +1407,7 @@ def load_template(path: str | Path) -> Template:
             default=p.get("default"),
             description=str(p.get("description", "")),
             source=src,
+            optional=bool(p.get("optional", False)),
         )
         if method == "boolean":
             ops = spec.params.get("operands", [])
@@ -1474,6 +1489,10 @@ class StaticGating:
         self.panel = StaticPanel(self)
         self.populations: list[PopulationSpec] = []
         self._cached = None
+
+    def resolve(self, fcs, *, sample: str | None = None) -> dict[str, str]:
+        """The channels the gates use, checked in ``fcs`` (as :meth:`Template.resolve`)."""
+        return self.panel.resolve(fcs, sample=sample)
 
     def strategy_for(self, fcs) -> GatingStrategy:
         if self.kind == "gatingml":
@@ -1710,6 +1729,33 @@ class SampleScale:
         return dim
 
 
+def _skip_parents(spec: PopulationSpec, skipped: dict[str, str | None]) -> PopulationSpec:
+    """``spec`` hung from the nearest population above it that was not skipped."""
+    parent = spec.parent
+    while parent in skipped:
+        parent = skipped[parent]
+    return spec if parent == spec.parent else _replace(spec, parent=parent)
+
+
+def _skipped_here(spec: PopulationSpec, channel_map, skipped: dict[str, str | None]) -> bool:
+    """Whether an optional ``spec`` is skipped in this file (recorded in ``skipped``): a
+    dimension the file lacks, or a boolean operand that was skipped."""
+    if not spec.optional and spec.method != "boolean":
+        return False
+    lacking = [d for d in spec.dims if d not in channel_map]
+    operands = [o.lstrip("!") for o in spec.params.get("operands", [])]
+    if lacking or (spec.method == "boolean" and any(o in skipped for o in operands)):
+        skipped[spec.name] = spec.parent
+        return True
+    return False
+
+
+def _skip_note(spec: PopulationSpec, channel_map) -> str:
+    lacking = [d for d in spec.dims if d not in channel_map]
+    why = f"no {'/'.join(lacking)}" if lacking else "an operand was skipped"
+    return f"optional_skipped({spec.name}:{why})"
+
+
 def check_scale(fcs, template: Template, channel_map: dict[str, str], *, sample_id: str):
     """The scale the template's transforms expect, checked against the file's own.
 
@@ -1735,7 +1781,9 @@ def check_scale(fcs, template: Template, channel_map: dict[str, str], *, sample_
         top = getattr(t, "T", None)
         if isinstance(t, Linear) or top is None:
             continue
-        ch = channel_map[name]
+        ch = channel_map.get(name)
+        if ch is None:  # an optional population's channel the file lacks
+            continue
         n = fcs.channels.index(ch) + 1
         try:
             decades = float((fcs.text.get(f"$P{n}E") or "0,0").split(",")[0])
@@ -1804,7 +1852,7 @@ def gate_one(
     corrections = dict(corrections or {})
     if isinstance(template, StaticGating):
         return _apply_static(fcs, template, sample_id=sample_id, patient_id=patient_id)
-    channel_map = template.panel.resolve(fcs, sample=sample_id)
+    channel_map = template.resolve(fcs, sample=sample_id)
     scale, scale_notes = check_scale(fcs, template, channel_map, sample_id=sample_id)
     strategy = template.base_strategy()
     n = fcs.n_events
@@ -1817,7 +1865,13 @@ def gate_one(
     masks: dict[str, np.ndarray] = {}
     fits: dict[str, PopulationFit] = {}
     cache: dict = {}
+    skipped: dict[str, str | None] = {}  # optional population -> the parent it hands on
     for spec in template.populations:
+        spec = _skip_parents(spec, skipped)
+        if _skipped_here(spec, channel_map, skipped):
+            scale_notes.append(_skip_note(spec, channel_map))
+            log.info("%s: %s", sample_id, scale_notes[-1])
+            continue
         dims = tuple(scale.dimension(d, channel_map[d], spec.space) for d in spec.dims)
         parent_mask = masks.get(spec.parent) if spec.parent not in (None, "root") else None
         parent_n = n if parent_mask is None else int(parent_mask.sum())
@@ -1883,8 +1937,8 @@ def gate_one(
             gate = strategy.add_gate(_corrected_gate(spec, correction, dims))
             masks[spec.name] = strategy.evaluate(gate, space, masks)
         fits[spec.name] = fit
-    if scale_notes and template.populations:
-        fits[template.populations[0].name].notes.extend(scale_notes)
+    if scale_notes and fits:
+        fits[next(iter(fits))].notes.extend(scale_notes)
     result = GatingResult(sample_id, n, masks, {g.id: g.parent for g in strategy.gates.values()})
     out = SampleGating(
         sample_id,
@@ -1894,7 +1948,11 @@ def gate_one(
         strategy,
         channel_map,
         n,
-        parents={p.name: p.parent for p in template.populations},
+        parents={
+            p.name: _skip_parents(p, skipped).parent
+            for p in template.populations
+            if p.name not in skipped
+        },
         corrections=corrections,
         masks=masks,
     )
@@ -1939,7 +1997,8 @@ def _time_partner(template, scale, channel_map, space, spec, parent_mask):
     the parent's events, as ``(n, c)``.
     """
     time_channels = {channel_map[d] for d in spec.dims}
-    names = [m for m in template.panel.markers if channel_map[m] not in time_channels]
+    present = [m for m in template.panel.markers if m in channel_map]
+    names = [m for m in present if channel_map[m] not in time_channels]
     partner_name = spec.params.get("partner") or next(
         (m for m in names if not template.panel.marker(m).compensated), None
     )
@@ -1954,7 +2013,7 @@ def _time_partner(template, scale, channel_map, space, spec, parent_mask):
 
 def _apply_static(fcs, gating: StaticGating, *, sample_id: str, patient_id: str) -> SampleGating:
     """Fixed gates: check the channels, apply, count; every population is ``static``."""
-    channel_map = gating.panel.resolve(fcs, sample=sample_id)
+    channel_map = gating.resolve(fcs, sample=sample_id)
     strategy = gating.strategy_for(fcs)
     result = strategy.apply(fcs, sample_id=sample_id)
     fits = {pop: PopulationFit({}, "static") for pop in result.masks}

@@ -323,7 +323,7 @@ def check_inputs(sheet: pd.DataFrame, templates: dict) -> pd.DataFrame:
             version, text = read_text(fcs_path)
             rec["version"] = version
             rec["events"] = _count_keyword(text, "$TOT", fcs_path)
-            templates[s["panel"]].panel.resolve(_Text(fcs_path, text), sample=s["sample_id"])
+            templates[s["panel"]].resolve(_Text(fcs_path, text), sample=s["sample_id"])
         except ImmunoError as exc:
             if exc.sample is None:
                 exc.sample = s["sample_id"]

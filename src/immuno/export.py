@@ -911,19 +911,29 @@ def _subsample(n: int, cap: int | None, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=cap, replace=False))
 
 
-def _anndata_vars(template, fcs) -> tuple[list[str], list[Dimension], dict[str, dict]]:
+def _values(space, dims: list, rows: np.ndarray) -> np.ndarray:
+    """``(len(rows), len(dims))`` float32 values; NaN for a dimension that is None."""
+    out = np.full((len(rows), len(dims)), np.nan, dtype=np.float32)
+    have = [j for j, d in enumerate(dims) if d is not None]
+    if have:
+        out[:, have] = space.values(tuple(dims[j] for j in have), rows)
+    return out
+
+
+def _anndata_vars(template, fcs) -> tuple[list[str], list[Dimension | None], dict[str, dict]]:
     """Variables of one sample: names, engine dimensions and per-variable facts."""
     from .autogate import Template
 
     if isinstance(template, Template):
-        cmap = template.panel.resolve(fcs, sample=Path(fcs.path).stem)
+        cmap = template.resolve(fcs, sample=Path(fcs.path).stem)
         names, dims, facts = [], [], {}
         for name, m in template.panel.markers.items():
-            d = template.dimension(name, cmap[name], "transformed")
+            d = template.dimension(name, cmap.get(name, ""), "transformed")
             names.append(name)
-            dims.append(d)
+            # None: an optional population's channel this file lacks (its column is NaN)
+            dims.append(d if name in cmap else None)
             facts[name] = {
-                "channel": cmap[name],
+                "channel": cmap.get(name, ""),
                 "transform": m.transform or "",
                 "compensated": d.compensation not in (None, "", "uncompensated"),
                 "kind": "channel" if m.channel else "marker",
@@ -1091,7 +1101,7 @@ def export_anndata(
                 base = GatingStrategy()
                 base.require_spillover = False
             space = EventSpace(fcs, base)
-            X.write(space.values(tuple(dims), rows).astype(np.float32))
+            X.write(_values(space, dims, rows))
             del space
             index.write(np.array([f"{sid}:{e}" for e in rows.tolist()], dtype=object))
             event.write(rows.astype(np.int64, copy=False))

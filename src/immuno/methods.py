@@ -243,6 +243,11 @@ def _guard_text(spec) -> str:
         guard += f" Fallback when the fit is unusable: {chain}."
     elif spec.method not in ("range", "rectangle", "polygon", "ellipse", "boolean"):
         guard += " No fallback: an unusable fit leaves the population empty, flagged fail."
+    if spec.optional:
+        guard += (
+            " Optional: in a file that lacks one of its dimensions it is skipped and its "
+            "children are gated on its parent (noted optional_skipped)."
+        )
     return guard
 
 

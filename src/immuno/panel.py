@@ -18,6 +18,7 @@ fault, with the file's markers as the hint.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, GatingFileError, PanelError
@@ -134,8 +135,13 @@ class Panel:
                 hint=f"panel entries: {', '.join(self.markers)}",
             ) from None
 
-    def resolve(self, fcs, *, sample: str | None = None) -> dict[str, str]:
+    def resolve(
+        self, fcs, *, sample: str | None = None, optional: Collection[str] = ()
+    ) -> dict[str, str]:
         """Map every panel entry to the ``$PnN`` channel that carries it in ``fcs``.
+
+        Entries named in ``optional`` (used by optional populations only) that the file
+        lacks are left out of the map instead of raising.
 
         Raises
         ------
@@ -158,6 +164,8 @@ class Panel:
         out: dict[str, str] = {}
         for m in self.markers.values():
             if m.channel:
+                if m.channel not in fcs.channels and m.name in optional:
+                    continue
                 if m.channel not in fcs.channels:
                     raise PanelError(
                         f"channel {m.channel!r} of panel {self.name!r} is not in the file",
@@ -171,6 +179,8 @@ class Panel:
             hits = sorted({c for k in m.keys() for c in by_stain.get(k, [])})
             if not hits:
                 hits = sorted({c for k in m.keys() for c in by_part.get(k, [])})
+            if not hits and m.name in optional:
+                continue
             if not hits:
                 raise PanelError(
                     f"marker {m.name!r} of panel {self.name!r} not found in $PnS",
