@@ -620,6 +620,9 @@ def test_a_cohort_where_some_files_lack_an_optional_channel_pools_and_exports(
         rows.loc[i, "fcs_path"] = str(
             _without_channel(Path(rows.loc[i, "fcs_path"]), "FSC-H", tmp_path / f"{i}.fcs")
         )
+    from immuno.cohort import check_inputs
+
+    assert (check_inputs(rows, {"T": template})["status"] == "ok").all()  # TEXT-only check
     inputs = [
         SampleInput(r.sample_id, r.patient_id, r.fcs_path, r.visit_month) for r in rows.itertuples()
     ]
