@@ -873,3 +873,23 @@ def test_a_file_that_shrinks_while_it_is_read_is_the_projects_error(tmp_path, mo
     assert info.value.file == str(path)
     assert f"{size} when it was opened" in info.value.message
     assert "changed while it was read" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "raw, step", [("0.01", 0.01), (" 2 ", 2.0), ("", None), ("0", None), ("-0.5", None),
+                  ("nan", None), ("inf", None), ("ten", None)],
+)  # fmt: skip
+def test_one_timestep_reader_for_gating_and_exports(raw, step):
+    """Two readers disagreed: the gating multiplied Time by a $TIMESTEP of 0 or -0.5 (every
+    event at time 0, or negative times) where the exports kept the stored units."""
+    from types import SimpleNamespace
+
+    from immuno.export import _time_step as export_step
+    from immuno.gate import _time_step as gate_step
+    from immuno.read import time_step
+
+    text = {"$TIMESTEP": raw}
+    assert time_step(text) == step
+    fcs = SimpleNamespace(text=text, channels=["FSC-A", "Time"])
+    assert gate_step(fcs) == (None if step is None else (1, step))
+    assert export_step(text, "Time") == (step or 1.0)

@@ -243,12 +243,9 @@ def _time_step(text: Mapping[str, str], channel: str) -> float:
     """``$TIMESTEP`` for the time channel (FlowJo shows time in seconds), else 1."""
     if channel.strip().lower() != "time":
         return 1.0
-    raw = (text.get("$TIMESTEP") or "").strip()
-    try:
-        step = float(raw)
-    except ValueError:
-        return 1.0
-    return step if math.isfinite(step) and step > 0 else 1.0
+    from .read import time_step
+
+    return time_step(text) or 1.0
 
 
 def _channel_range(text: Mapping[str, str], channel: str) -> float:

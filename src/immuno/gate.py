@@ -329,13 +329,12 @@ def _needs_scaling(fcs, scaling: str) -> bool:
 
 
 def _time_step(fcs) -> tuple[int, float] | None:
-    """``(column, $TIMESTEP)`` of the time channel, or None when either is absent."""
-    raw = fcs.text.get("$TIMESTEP", "").strip()
-    if not raw:
-        return None
-    try:
-        step = float(raw)
-    except ValueError:
+    """``(column, $TIMESTEP)`` of the time channel, or None when either is absent (or
+    the step is no finite positive number: :func:`immuno.read.time_step`)."""
+    from .read import time_step
+
+    step = time_step(fcs.text)
+    if step is None:
         return None
     for j, name in enumerate(fcs.channels):
         if name.strip().lower() == "time":

@@ -68,7 +68,7 @@ import numpy as np
 from .errors import FCSError, ImmunoError
 from .util import special_file
 
-__all__ = ["FCSData", "read_fcs", "read_text", "parse_spillover", "inspect_files"]
+__all__ = ["FCSData", "read_fcs", "read_text", "parse_spillover", "inspect_files", "time_step"]
 
 log = logging.getLogger(__name__)
 
@@ -1115,6 +1115,19 @@ def inspect_files(paths: list[str], out: TextIO) -> int:
         fields += [f"spillover={spill}", f"warnings={warn}"]
         out.write("\t".join(_one_line(f) for f in fields) + "\n")
     return status
+
+
+def time_step(text: dict[str, str]) -> float | None:
+    """The file's ``$TIMESTEP``: seconds per unit of its ``Time`` channel, when it is a
+    finite positive number; ``None`` when it is absent, not a number, zero, negative or
+    not finite (Time then stays in its stored units). The one reader of the keyword:
+    gating, exports and FlowKit-facing files all take it from here."""
+    raw = (text.get("$TIMESTEP") or "").strip()
+    try:
+        step = float(raw)
+    except ValueError:
+        return None
+    return step if math.isfinite(step) and step > 0 else None
 
 
 def _one_line(text) -> str:
