@@ -450,26 +450,26 @@ def test_fitting_on_fast_estimates_matches_fitting_on_exact_values(
     """Large samples are fitted on the fast path's table values, small ones on exact
     values: on the same files both give the same flags, params within 1e-4 of the
     scale, and counts within 0.2% of the parent."""
-    import immuno.autogate as ag
+    import immuno.gate as engine
 
     sheet = (demo_cohort / "samples.tsv").read_text().splitlines()
     rows = [dict(zip(sheet[0].split("\t"), r.split("\t"), strict=True)) for r in sheet[1:]]
     templates = {p: load_template(templates_dir / f"{p.lower()}_cell.yaml") for p in "TB"}
     fitted_fast = []
 
-    class Spy(ag.FastEventSpace):
+    class Spy(engine.FastEventSpace):
         def estimates(self, dims, rows=None):
             fitted_fast.append(len(dims))
             return super().estimates(dims, rows)
 
-    monkeypatch.setattr(ag, "FastEventSpace", Spy)
+    monkeypatch.setattr(engine, "FastEventSpace", Spy)
     compared = 0
     for r in rows[:: max(1, len(rows) // 12)]:
         fcs = read_fcs(demo_cohort / r["fcs_path"])
         t = templates[r["panel"]]
-        monkeypatch.setattr(ag, "FAST_MIN_EVENTS", 10**12)
+        monkeypatch.setattr(engine, "FAST_MIN_EVENTS", 10**12)
         exact = gate_one(fcs, t, sample_id=r["sample_id"])
-        monkeypatch.setattr(ag, "FAST_MIN_EVENTS", 0)
+        monkeypatch.setattr(engine, "FAST_MIN_EVENTS", 0)
         fast = gate_one(fcs, t, sample_id=r["sample_id"])
         for pop, fit in exact.fits.items():
             assert fast.fits[pop].flags == fit.flags, (r["sample_id"], pop)

@@ -38,18 +38,16 @@ import numpy as np
 from .corrections import FLAG_CORRECTED, FLAG_EXCLUDED, GATE_ACTIONS
 from .errors import GatingError, GatingFileError, ImmunoError
 from .gate import (
-    FAST_MIN_EVENTS,
     BooleanGate,
     Dimension,
     EllipseGate,
-    EventSpace,
-    FastEventSpace,
     Gate,
     GatingResult,
     GatingStrategy,
     PolygonGate,
     RectangleGate,
     ellipse_problem,
+    event_space,
 )
 from .panel import Panel
 from .util import file_problem, special_file
@@ -1858,10 +1856,7 @@ def gate_one(
     n = fcs.n_events
     # Gates are evaluated exactly either way; the fast space also gives cheap
     # (table-transformed) values to fit on.
-    if n >= FAST_MIN_EVENTS:
-        space = FastEventSpace(fcs, strategy)
-    else:
-        space = EventSpace(fcs, strategy, dtype=np.float64)
+    space = event_space(fcs, strategy)
     masks: dict[str, np.ndarray] = {}
     fits: dict[str, PopulationFit] = {}
     cache: dict = {}

@@ -65,6 +65,7 @@ __all__ = [
     "GatingResult",
     "EventSpace",
     "FastEventSpace",
+    "event_space",
     "write_membership",
     "PolygonGrid",
     "max_abs",
@@ -1301,6 +1302,21 @@ class GatingResult:
         return pd.DataFrame(rows)
 
 
+def uses_fast_path(n_events: int) -> bool:
+    """Whether a sample of ``n_events`` is gated (and fitted) in :class:`FastEventSpace`:
+    the one place the fast-or-exact choice is made (the memberships are the same)."""
+    return n_events >= FAST_MIN_EVENTS
+
+
+def event_space(fcs, strategy) -> EventSpace | FastEventSpace:
+    """The space ``fcs`` is fitted, gated and drawn in: :class:`FastEventSpace` (exact
+    memberships, table-transformed estimates within its error bound) for samples of
+    :data:`FAST_MIN_EVENTS` events or more, else the exact float64 :class:`EventSpace`."""
+    if uses_fast_path(fcs.n_events):
+        return FastEventSpace(fcs, strategy)
+    return EventSpace(fcs, strategy, dtype=np.float64)
+
+
 class GatingStrategy:
     """A hierarchy of gates with the compensations and transforms they refer to.
 
@@ -1421,7 +1437,7 @@ class GatingStrategy:
         n = fcs.n_events
         order = self.evaluation_order()
         parents = {g.id: g.parent for g in self.gates.values()}
-        if fast and np.dtype(dtype) == np.float64 and n >= FAST_MIN_EVENTS:
+        if fast and np.dtype(dtype) == np.float64 and uses_fast_path(n):
             full = self._apply_fast(fcs, order, threads=threads)
             full = {gid: full[gid] for gid in self.gates}
             return GatingResult(sample_id or fcs.path, n, full, parents)

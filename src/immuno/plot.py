@@ -963,7 +963,7 @@ class GateReviewer:
         reuse: bool = True,
     ):
         """The review figure of one sample (arguments as :func:`gate_review_figure`)."""
-        from .gate import FAST_MIN_EVENTS, BooleanGate, EventSpace, FastEventSpace
+        from .gate import BooleanGate, event_space
 
         names = names or {c: (m or c) for c, m in zip(fcs.channels, fcs.markers, strict=True)}
         flags = flags or {}
@@ -973,10 +973,7 @@ class GateReviewer:
             for artist in artists:
                 artist.remove()
             artists.clear()
-        if fcs.n_events >= FAST_MIN_EVENTS:
-            space = FastEventSpace(fcs, strategy)
-        else:
-            space = EventSpace(fcs, strategy)
+        space = event_space(fcs, strategy)
         rng = np.random.default_rng(0)
         for ax, artists, gate in zip(axes, drawn, gates, strict=False):
             ax.set_visible(True)
