@@ -60,3 +60,25 @@ def test_no_import_circle_inside_immuno():
     graph = _graph()
     assert graph["gating"] >= {"gatingml", "flowjo", "autogate"}  # the graph is read
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_public_api_loads_lazily_and_every_name_resolves():
+    """``import immuno`` imports none of its modules (nor numpy): each public name is
+    loaded on first use, from the module that defines it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, immuno\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('immuno.') or m == 'numpy')\n"
+        "print(loaded)\n"
+        "for name in immuno.__all__:\n"
+        "    assert getattr(immuno, name) is not None, name\n"
+        "assert immuno.read_fcs.__module__ == 'immuno.read'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]", out[0]
+    assert out[1] == "ok"
