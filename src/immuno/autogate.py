@@ -1492,6 +1492,13 @@ class StaticGating:
         """The channels the gates use, checked in ``fcs`` (as :meth:`Template.resolve`)."""
         return self.panel.resolve(fcs, sample=sample)
 
+    def base_strategy(self) -> GatingStrategy:
+        """An empty strategy (as :meth:`Template.base_strategy`): no transforms, and a
+        file without a spillover matrix is read uncompensated."""
+        s = GatingStrategy()
+        s.require_spillover = False
+        return s
+
     def strategy_for(self, fcs) -> GatingStrategy:
         if self.kind == "gatingml":
             if self._cached is None:

@@ -1092,12 +1092,7 @@ def export_anndata(
                     hint="export one panel (one staining tube) per file",
                 )
             channels[sid] = {n: fa[n]["channel"] for n in names}
-            if hasattr(template, "base_strategy"):
-                base = template.base_strategy()
-            else:
-                base = GatingStrategy()
-                base.require_spillover = False
-            space = EventSpace(fcs, base)
+            space = EventSpace(fcs, template.base_strategy())
             X.write(_values(space, dims, rows))
             del space
             index.write(np.array([f"{sid}:{e}" for e in rows.tolist()], dtype=object))
