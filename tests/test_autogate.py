@@ -639,3 +639,25 @@ def test_a_cohort_where_some_files_lack_an_optional_channel_pools_and_exports(
     fsch = pd.Series(adata[:, "FSC-H"].X.ravel(), index=adata.obs["sample_id"].astype(str))
     for sid in rows["sample_id"]:
         assert fsch[sid].isna().all() == (sid in skipped), sid
+
+
+@pytest.mark.parametrize(
+    "pops, field, hint",
+    [
+        (
+            "  - {name: a, dims: [CD3], method: mindensity, optinal: true}",
+            "populations.a.optinal",
+            "did you mean 'optional'?",
+        ),
+        (
+            "  - {name: a, dims: [CD3], method: mindensity, guard: {min_event: 5}}",
+            "populations.a.guard.min_event",
+            "did you mean 'min_events'?",
+        ),
+    ],
+)
+def test_a_misspelt_template_key_is_refused_with_the_likely_one(tmp_path, pops, field, hint):
+    """`optinal: true` was silently ignored (the gate stayed required)."""
+    with pytest.raises(GatingFileError) as err:
+        load_template(_write(tmp_path, BASE + pops))
+    assert err.value.field == field and err.value.hint == hint

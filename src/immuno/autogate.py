@@ -1301,11 +1301,23 @@ def _validate_template(doc, src: str) -> None:
         size = f" of {len(error.instance)} items" if hasattr(error.instance, "__len__") else ""
         shown = f"a {type(error.instance).__name__}{size}"
     message = error.message.replace(repr(error.instance), shown, 1)
+    hint = "see gates/README.md for the template format"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        # a misspelt key (optinal: true) was silently ignored: name it and its likely intent
+        import difflib
+
+        known = list(error.schema.get("properties", {}))
+        unknown = [k for k in error.instance if k not in known]
+        if unknown:
+            parts.append(str(unknown[0]))
+            message = f"unknown key {unknown[0]!r}"
+            near = difflib.get_close_matches(str(unknown[0]), known, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]!r}?" if near else f"known keys here: {', '.join(known)}"
     raise GatingFileError(
         message if len(message) < 300 else message[:300] + "...",
         file=src,
         field=".".join(parts) or None,
-        hint="see gates/README.md for the template format",
+        hint=hint,
     )
 
 
