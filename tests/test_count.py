@@ -212,10 +212,11 @@ def test_descendants():
     assert descendants(dict(reversed(TREE)), "lymphocytes") == {"lymphocytes", "cd3", "cd4", "cd8"}
 
 
-def test_percentages_and_absolute_counts_have_four_decimals(tmp_path):
-    """counts.tsv mixed 89.46 and 81.78866587957496: every percentage and absolute count is
-    rounded to DECIMALS places, in memory as in the file read back."""
-    from immuno.count import DECIMALS
+def test_percentages_and_absolute_counts_have_fixed_decimals(tmp_path):
+    """counts.tsv mixed 89.46 and 81.78866587957496: every percentage is rounded to
+    DECIMALS places and every absolute count to ABSOLUTE_DECIMALS, in memory as in the
+    file read back."""
+    from immuno.count import ABSOLUTE_DECIMALS, DECIMALS
     from immuno.util import read_tsv, write_tsv
 
     counts = {"cells": 3000, "lymphocytes": 2999, "cd3": 1000, "cd4": 333, "cd8": 77}
@@ -224,8 +225,10 @@ def test_percentages_and_absolute_counts_have_four_decimals(tmp_path):
     cols = ("percent_of_parent", "percent_of_lymphocytes", "absolute_count")
     back = read_tsv(tmp_path / "counts.tsv", na_values=dict.fromkeys(cols, [""]))
     for col in cols:
+        places = ABSOLUTE_DECIMALS if col == "absolute_count" else DECIMALS
         values = back[col].dropna().to_numpy()
-        assert len(values) and np.array_equal(values, np.round(values, DECIMALS)), col
+        assert len(values) and np.array_equal(values, np.round(values, places)), col
         assert np.array_equal(values, table[col].dropna().to_numpy()), col
     cd4 = back.set_index("population").loc["cd4"]
     assert cd4["percent_of_parent"] == 33.3 and cd4["percent_of_lymphocytes"] == 11.1037
+    assert cd4["absolute_count"] == 0.137075  # 333 / 2999 x 1.2345, not 0.1371

@@ -7,9 +7,10 @@ count, parent_count, percent_of_parent, percent_of_lymphocytes, absolute_count,
 qc_flag, qc_note``: ``qc_flag`` says why a person must look at the value (empty:
 nothing to review), ``qc_note`` what was done that needs no action.
 
-Percentages and absolute counts are rounded to :data:`DECIMALS` (4) decimal places, in
-every table and every step that reads them (the statistics, the figures); counts are whole
-numbers of events.
+Percentages are rounded to :data:`DECIMALS` (4) decimal places and absolute counts
+(x10^9/L) to :data:`ABSOLUTE_DECIMALS` (6: a Treg count of 0.0037 x10^9/L keeps 4
+significant digits), in every table and every step that reads them (the statistics, the
+figures); counts are whole numbers of events.
 
 ``percent_of_lymphocytes`` is the population's events as a percentage of the
 sample's ``lymphocytes`` population (defined for it and its descendants, empty
@@ -25,10 +26,12 @@ import pandas as pd
 
 from .errors import SampleSheetError
 
-__all__ = ["COUNT_COLUMNS", "DECIMALS", "cohort_table", "descendants"]
+__all__ = ["ABSOLUTE_DECIMALS", "COUNT_COLUMNS", "DECIMALS", "cohort_table", "descendants"]
 
-#: Decimal places of percentages (of parent, of lymphocytes) and absolute counts (x10^9/L).
+#: Decimal places of percentages (of parent, of lymphocytes; percentage points).
 DECIMALS = 4
+#: Decimal places of absolute counts (x10^9 cells/L).
+ABSOLUTE_DECIMALS = 6
 
 COUNT_COLUMNS = [
     "sample_id",
@@ -115,8 +118,9 @@ def cohort_table(
         df["absolute_count"] = df["percent_of_lymphocytes"] / 100.0 * df["lymphocyte_count"]
     else:
         df["absolute_count"] = np.nan
-    for col in ("percent_of_parent", "percent_of_lymphocytes", "absolute_count"):
+    for col in ("percent_of_parent", "percent_of_lymphocytes"):
         df[col] = pd.to_numeric(df[col]).round(DECIMALS)
+    df["absolute_count"] = pd.to_numeric(df["absolute_count"]).round(ABSOLUTE_DECIMALS)
     df["qc_flag"] = df["qc_flag"].fillna("")
     df["qc_note"] = df["qc_note"].fillna("") if "qc_note" in df else ""
     return (
