@@ -18,7 +18,7 @@ for gating files and templates, on the case's FCS file; ``load_sample_sheet``;
 
 A case passes when it returns, or raises an :class:`~immuno.errors.ImmunoError` that names
 the file (the config cases have none), within the time and under ``--max-mib`` of memory
-(the forked process's peak RSS beyond the parent's at the fork, plus the 150 MiB a process
+(the forked process's peak RSS beyond its RSS when it started, plus the 150 MiB a process
 holds once its libraries are imported: what the case would take as a process of its own),
 and ``inspect`` prints exactly one line. Anything else fails: another exception
 (``foreign``), a signal (``crash``), the timeout (``hang``), the memory (``memory``), an
@@ -419,10 +419,10 @@ def path_cases(work: Path, data: Path) -> Iterator[Case]:
 IMPORTS_MIB = 150.0
 
 
-def _rss_mib() -> float:
-    """This process's resident memory now (MiB)."""
+def _status_mib(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
 
@@ -430,16 +430,16 @@ def _rss_mib() -> float:
 def run_isolated(case: Case, timeout: float, max_mib: float) -> Outcome:
     """Run ``case`` in a forked process: its outcome, wall seconds and memory.
 
-    The memory is what the case's process would hold on its own: its peak RSS less the
-    parent's at the fork (the forked process starts with the parent's pages, which under
-    pytest are several hundred MiB), plus :data:`IMPORTS_MIB`."""
+    The memory is what the case's process would hold on its own: the forked process's
+    peak RSS (``VmHWM``) less its RSS when it started (it starts with the parent's pages,
+    several hundred MiB under pytest), plus :data:`IMPORTS_MIB`."""
     r, w = os.pipe()
-    parent_mib = _rss_mib()
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the case
         os.close(r)
         status, detail = "pass", ""
+        start_mib = _status_mib("VmRSS")
         try:
             import faulthandler
             import logging
@@ -458,7 +458,8 @@ def run_isolated(case: Case, timeout: float, max_mib: float) -> Outcome:
                 status = "escaped"
             else:
                 status = "foreign"
-        os.write(w, json.dumps([status, detail[:2000]]).encode())
+        grown = max(_status_mib("VmHWM") - start_mib, 0.0)
+        os.write(w, json.dumps([status, detail[:2000], grown]).encode())
         os._exit(0)
     os.close(w)
     chunks, timed_out = [], False
@@ -479,12 +480,13 @@ def run_isolated(case: Case, timeout: float, max_mib: float) -> Outcome:
     _, wstatus, usage = os.wait4(pid, 0)
     os.close(r)
     seconds = time.perf_counter() - t0
-    mib = max(usage.ru_maxrss / 1024.0 - parent_mib, 0.0) + IMPORTS_MIB
+    mib = usage.ru_maxrss / 1024.0  # until the case reports its own growth
     if timed_out:
         return Outcome(case, "hang", f"killed after {timeout:g} s", seconds, mib)
     if os.WIFSIGNALED(wstatus):
         return Outcome(case, "crash", signal.Signals(os.WTERMSIG(wstatus)).name, seconds, mib)
-    status, detail = json.loads(b"".join(chunks) or b'["crash", "no report"]')
+    status, detail, grown = json.loads(b"".join(chunks) or b'["crash", "no report", 0]')
+    mib = IMPORTS_MIB + grown
     if status == "pass" and mib > max_mib:
         status = "memory"
     return Outcome(case, status, detail, seconds, mib)

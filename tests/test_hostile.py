@@ -33,7 +33,7 @@ def test_hostile_inputs_answer_with_the_projects_error(category, shared_data):
     assert not failed, hostile.summary(outcomes)
 
 
-def test_the_suite_tells_a_foreign_exception_a_hang_and_a_crash_from_a_pass(tmp_path):
+def test_the_suite_tells_a_foreign_exception_a_hang_a_crash_and_memory_from_a_pass(tmp_path):
     """The classifier itself: a suite that cannot fail proves nothing."""
     import os
     import time
@@ -55,14 +55,20 @@ def test_the_suite_tells_a_foreign_exception_a_hang_and_a_crash_from_a_pass(tmp_
     def named():
         raise FCSError("bad", file="a.fcs")
 
+    def greedy():
+        import numpy as np
+
+        np.ones(52_000_000)  # 397 MiB, touched: with the imports over 500
+
     got = {
-        name: hostile.run_isolated(hostile.Case("t", name, fn), timeout=1.0, max_mib=10_000).status
+        name: hostile.run_isolated(hostile.Case("t", name, fn), timeout=5.0, max_mib=500).status
         for name, fn in {
             "foreign": foreign,
             "hang": hang,
             "crash": crash,
             "no_file": no_file,
             "named": named,
+            "greedy": greedy,
         }.items()
     }
     assert got == {
@@ -71,4 +77,5 @@ def test_the_suite_tells_a_foreign_exception_a_hang_and_a_crash_from_a_pass(tmp_
         "crash": "crash",
         "no_file": "no_file",
         "named": "pass",
+        "greedy": "memory",
     }
