@@ -2361,8 +2361,9 @@ SCALE_WARNING = (
 
 def scale_notes(res: SampleGating, template) -> list[str]:
     """The notes of a file read on another scale (:func:`check_scale`): kept on the
-    panel's first population."""
-    fit = res.fits.get(template.populations[0].name) if template.populations else None
+    first population gated in the file (the panel's first, unless an optional gate
+    was skipped there)."""
+    fit = next(iter(res.fits.values()), None)
     return [
         n for n in (fit.notes if fit else ()) if n.startswith(("linear_scale", "not_compensated"))
     ]
