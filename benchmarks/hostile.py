@@ -495,15 +495,19 @@ def run_isolated(case: Case, timeout: float, max_mib: float) -> Outcome:
 def all_cases(work: Path, data: Path, only: str | None) -> Iterator[Case]:
     from immuno.simulate import simulate_cohort
 
-    demo = work / "cohort"
-    simulate_cohort(demo, seed=3, events=5000, patients=1)
-    t_file = next((demo / "fcs").glob("*_T.fcs"))
+    def t_file() -> Path:
+        """A simulated T tube (5,000 events), made for the categories that use it."""
+        demo = work / "cohort"
+        if not demo.exists():
+            simulate_cohort(demo, seed=3, events=5000, patients=1)
+        return next((demo / "fcs").glob("*_T.fcs"))
+
     makers = {
-        "fcs": lambda d: fcs_cases(d, t_file),
+        "fcs": lambda d: fcs_cases(d, t_file()),
         "gatingml": lambda d: gatingml_cases(d, data),
         "flowjo": lambda d: flowjo_cases(d, data),
-        "template": lambda d: template_cases(d, t_file),
-        "sheet": lambda d: sheet_cases(d, t_file),
+        "template": lambda d: template_cases(d, t_file()),
+        "sheet": lambda d: sheet_cases(d, t_file()),
         "config": lambda d: config_cases(),
         "path": lambda d: path_cases(d, data),
     }

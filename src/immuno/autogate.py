@@ -2359,7 +2359,7 @@ SCALE_WARNING = (
 )
 
 
-def scale_notes(res: SampleGating, template) -> list[str]:
+def scale_notes(res: SampleGating) -> list[str]:
     """The notes of a file read on another scale (:func:`check_scale`): kept on the
     first population gated in the file (the panel's first, unless an optional gate
     was skipped there)."""
@@ -2381,9 +2381,7 @@ def warn_scale(panel: str, notes: dict[str, list[str]], n_files: int) -> None:
 
 
 def _warn_scale(results: list[SampleGating], template: Template) -> None:
-    warn_scale(
-        template.name, {r.sample_id: scale_notes(r, template) for r in results}, len(results)
-    )
+    warn_scale(template.name, {r.sample_id: scale_notes(r) for r in results}, len(results))
 
 
 def _group_stats(iv: list[tuple[int, float, float]], min_group: int):

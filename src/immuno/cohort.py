@@ -489,7 +489,7 @@ def sample_entry(row: dict, res, template, gates_dir: Path, check: dict | None =
     fitted.insert(0, "panel", row["panel"])
     entry["params"] = _records(fitted)
     entry["time_gates"] = sorted(time_gates(res.strategy))
-    entry["scale_notes"] = scale_notes(res, template)
+    entry["scale_notes"] = scale_notes(res)
     return entry
 
 

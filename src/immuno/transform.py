@@ -255,10 +255,11 @@ def _check_finite(kind: str, **values: float) -> None:
         _invalid(kind, ", ".join(f"{k}={v}" for k, v in bad.items()), "parameters must be finite")
 
 
-def _check_scale(kind: str, values: str, *coefficients: float) -> None:
-    """Refuse parameters whose scale overflows: each coefficient must be finite (e.g. a
-    logicle of M = 1e308 decades has e^(M ln 10) = inf, and no value maps anywhere)."""
-    if not all(math.isfinite(c) for c in coefficients):
+def _check_scale(kind: str, values: str, *coefficients: float, ok: bool = True) -> None:
+    """Refuse parameters whose scale overflows: each coefficient must be finite and ``ok``
+    hold (e.g. a logicle of M = 1e308 decades has e^(M ln 10) = inf, and no value maps
+    anywhere)."""
+    if not (ok and all(math.isfinite(c) for c in coefficients)):
         _invalid(
             kind,
             values,
@@ -386,9 +387,9 @@ class Logicle(_MirroredAtX1):
         mf_a = math.exp(b * x1) - c_a / math.exp(d * x1)
         a = self.T / ((math.exp(b) - mf_a) - c_a / math.exp(d))
         self._a, self._b, self._c, self._d, self._f = a, b, c_a * a, d, -mf_a * a
-        _check_scale("logicle", f"T={T}, W={W}, M={M}, A={A}", a, b, c_a * a, d, -mf_a * a)
-        if not a > 0:
-            _check_scale("logicle", f"T={T}, W={W}, M={M}, A={A}", math.nan)
+        _check_scale(
+            "logicle", f"T={T}, W={W}, M={M}, A={A}", a, b, c_a * a, d, -mf_a * a, ok=a > 0
+        )
         self._x1 = x1
         self._w = w
 
@@ -789,8 +790,8 @@ class FlowJoBiex(Transform):
             self._values, self._chan = _flowjo_biex_table(
                 self.neg, self.width, self.pos, self.max_value, self.channels
             )
-        if not (np.isfinite(self._values).all() and (np.diff(self._values) > 0).all()):
-            _check_scale("flowjo_biex", values, math.nan)
+        increasing = bool((np.diff(self._values) > 0).all())
+        _check_scale("flowjo_biex", values, *self._values[[0, -1]], ok=increasing)
 
     def apply(self, x):
         x = np.asarray(x, dtype=np.float64)

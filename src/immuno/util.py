@@ -96,16 +96,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     leftovers (``.<name>.*.tmp`` beside it). A full disk or quota (``ENOSPC``,
     ``EDQUOT``) is :class:`~immuno.errors.OutputError` naming ``path``.
     """
-    from .errors import OutputError
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        if exc.errno in _NO_ROOM:
-            raise OutputError(_NO_ROOM[exc.errno], file=str(path), hint=_room_hint(path)) from None
-        raise
+        if (out := _output_error(exc, path, None)) is exc:
+            raise
+        raise out from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -117,23 +115,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-    except OutputError as exc:  # e.g. ensure_free_space on the temporary file
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if exc.file == str(tmp):
-            exc.file = str(path)
-            exc.args = (str(exc),)
-        raise
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if exc.errno in _NO_ROOM:
-            raise OutputError(_NO_ROOM[exc.errno], file=str(path), hint=_room_hint(path)) from None
-        raise
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        if (out := _output_error(exc, path, tmp)) is exc:
+            raise
+        raise out from None
+
+
+def _output_error(exc: BaseException, path: Path, tmp: str | None) -> BaseException:
+    """What a writer's failure on ``path`` is raised as: a full disk or quota as
+    :class:`~immuno.errors.OutputError` naming ``path``, an OutputError on the temporary
+    file (:func:`ensure_free_space`) renamed to ``path``; anything else as it was."""
+    from .errors import OutputError
+
+    if isinstance(exc, OutputError) and tmp is not None and exc.file == str(tmp):
+        exc.file = str(path)
+        exc.args = (str(exc),)
+    elif isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return OutputError(_NO_ROOM[exc.errno], file=str(path), hint=_room_hint(path))
+    return exc
 
 
 def plain(value):
